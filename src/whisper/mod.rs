@@ -1,0 +1,160 @@
+//! Whisper: config, model (burn), weights, tokenizer, decoding, and where checkpoints come
+//! from. Model code knows nothing about Parquet or the command line.
+
+pub mod config;
+pub mod ct2;
+pub mod decode;
+pub mod model;
+pub mod source;
+pub mod testing;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::prelude::*;
+
+pub use config::{GenerationConfig, WhisperConfig};
+pub use decode::{GreedyOptions, greedy};
+pub use model::Whisper;
+pub use tokenizer::{Task, WhisperTokenizer};
+
+use crate::audio::mel::{LogMel, N_FRAMES};
+use crate::lora::Route;
+
+/// The compute device: the flex CPU backend, or CUDA when built with the `cuda` feature.
+pub fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::flex()),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            #[cfg(feature = "cuda")]
+            {
+                let index: usize = s.strip_prefix("cuda:").map(str::parse).transpose()?.unwrap_or(0);
+                Ok(Device::cuda(index))
+            }
+            #[cfg(not(feature = "cuda"))]
+            anyhow::bail!(
+                "--device {s}: this build has no CUDA support; rebuild with `cargo build --release --features cuda`"
+            )
+        }
+        other => anyhow::bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
+    }
+}
+
+/// A loaded checkpoint: model, tokenizer, front-end and what generation needs.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: WhisperConfig,
+    pub generation: GenerationConfig,
+    pub tokenizer: WhisperTokenizer,
+    pub model: Whisper,
+    pub mel: LogMel,
+    /// blake3 of the weight files, so stages can check they use the same model.
+    pub hash: String,
+    pub device: Device,
+}
+
+impl Checkpoint {
+    /// Load a Hub id or a local directory in HF layout.
+    pub fn load(source: &str, device: &Device) -> Result<Checkpoint> {
+        let dir = source::resolve(source)?;
+        Self::load_dir(&dir, device)
+    }
+
+    pub fn load_dir(dir: &Path, device: &Device) -> Result<Checkpoint> {
+        source::check_dir(dir)?;
+        let config = WhisperConfig::from_file(&dir.join("config.json"))?;
+        let generation = GenerationConfig::from_file(&dir.join("generation_config.json"))?;
+        let tokenizer = WhisperTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let weights = weights::Checkpoint::open(dir)?;
+        let mut loader = weights::Loader::new(&weights, device);
+        let model = Whisper::load(&config, &mut loader);
+        loader.finish(Whisper::ignorable_tensors(&config)).with_context(|| format!("loading {}", dir.display()))?;
+        let hash = weights_hash(dir)?;
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            mel: LogMel::new(config.num_mel_bins),
+            config,
+            generation,
+            tokenizer,
+            model,
+            hash,
+            device: device.clone(),
+        })
+    }
+
+    /// Log-mel features [n_mels, 3000] of 16-kHz audio.
+    pub fn features(&self, audio: &[f32]) -> Vec<f32> {
+        self.mel.compute(audio)
+    }
+
+    /// A batch of features as a tensor [b, n_mels, 3000].
+    pub fn mel_batch(&self, feats: &[Vec<f32>]) -> Tensor<3> {
+        let n = self.config.num_mel_bins;
+        let flat: Vec<f32> = feats.iter().flatten().copied().collect();
+        Tensor::from_data(TensorData::new(flat, [feats.len(), n, N_FRAMES]), &self.device)
+    }
+
+    pub fn is_multilingual(&self) -> bool {
+        self.generation.is_multilingual.unwrap_or_else(|| self.config.is_multilingual())
+    }
+
+    pub fn prompt(&self, language: Option<&str>, task: Task) -> Result<Vec<u32>> {
+        self.tokenizer.prompt(self.is_multilingual(), language, task)
+    }
+
+    pub fn greedy_options(&self, max_new_tokens: usize) -> GreedyOptions {
+        GreedyOptions {
+            max_new_tokens,
+            suppress_tokens: self
+                .generation
+                .suppress_tokens
+                .clone()
+                .unwrap_or_else(|| self.config.suppress_tokens.clone()),
+            begin_suppress_tokens: self
+                .generation
+                .begin_suppress_tokens
+                .clone()
+                .unwrap_or_else(|| self.config.begin_suppress_tokens.clone()),
+            eot: self.tokenizer.eot,
+        }
+    }
+
+    /// Greedy transcripts (and token ids) of 16-kHz clips, in batches of `batch`.
+    pub fn transcribe(
+        &self,
+        clips: &[Vec<f32>],
+        batch: usize,
+        max_new_tokens: usize,
+        route: Option<&Route>,
+    ) -> Result<Vec<(String, Vec<u32>)>> {
+        let prompt = self.prompt(None, Task::Transcribe)?;
+        let opts = self.greedy_options(max_new_tokens);
+        let mut out = Vec::with_capacity(clips.len());
+        for chunk in clips.chunks(batch.max(1)) {
+            let feats: Vec<Vec<f32>> = chunk.iter().map(|c| self.features(c)).collect();
+            let enc = self.model.encoder.forward(self.mel_batch(&feats), route);
+            for ids in greedy(&self.model, enc, &prompt, &opts, route) {
+                out.push((self.tokenizer.decode(&ids[prompt.len()..])?, ids));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// blake3 over the weight files of a checkpoint directory (sorted names and contents).
+pub fn weights_hash(dir: &Path) -> Result<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors") || n == "model.safetensors.index.json")
+        .collect();
+    names.sort();
+    let mut h = blake3::Hasher::new();
+    for n in names {
+        h.update(n.as_bytes());
+        h.update(&crate::pipeline::hash::hash_file(&dir.join(&n))?);
+    }
+    Ok(h.finalize().to_hex().to_string())
+}

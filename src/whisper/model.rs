@@ -1,0 +1,317 @@
+//! Whisper in burn, built from Hugging Face checkpoints by their own tensor names.
+//! Reference: transformers/models/whisper/modeling_whisper.py.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+use burn::tensor::module::{attention, conv1d, embedding, layer_norm};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+
+use super::config::WhisperConfig;
+use super::weights::Loader;
+use crate::lora::{MultiLora, Route};
+
+const LN_EPS: f64 = 1e-5;
+
+fn frozen<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
+    Param::from_tensor(t).set_require_grad(false)
+}
+
+/// A linear projection (weight [d_in, d_out]) with optional multi-expert LoRA.
+#[derive(Module, Debug)]
+pub struct Proj {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    pub lora: Option<MultiLora>,
+}
+
+impl Proj {
+    fn load(l: &mut Loader, name: &str, d_in: usize, d_out: usize, bias: bool) -> Proj {
+        let weight = frozen(l.linear_weight(&format!("{name}.weight"), d_in, d_out));
+        let bias = bias.then(|| frozen(l.tensor(&format!("{name}.bias"), [d_out])));
+        Proj { weight, bias, lora: None }
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.weight.dims()[0]
+    }
+    pub fn d_out(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn forward(&self, x: Tensor<3>, route: Option<&Route>) -> Tensor<3> {
+        let y = burn::tensor::module::linear(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        match (&self.lora, route) {
+            (Some(lora), Some(r)) => y + lora.delta(x, r),
+            _ => y,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Norm {
+    pub gamma: Param<Tensor<1>>,
+    pub beta: Param<Tensor<1>>,
+}
+
+impl Norm {
+    fn load(l: &mut Loader, name: &str, d: usize) -> Norm {
+        Norm {
+            gamma: frozen(l.tensor(&format!("{name}.weight"), [d])),
+            beta: frozen(l.tensor(&format!("{name}.bias"), [d])),
+        }
+    }
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        layer_norm(x, self.gamma.val(), Some(self.beta.val()), LN_EPS)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Proj,
+    pub k_proj: Proj,
+    pub v_proj: Proj,
+    pub out_proj: Proj,
+    pub n_heads: usize,
+}
+
+impl Attention {
+    fn load(l: &mut Loader, name: &str, d: usize, n_heads: usize) -> Attention {
+        Attention {
+            q_proj: Proj::load(l, &format!("{name}.q_proj"), d, d, true),
+            k_proj: Proj::load(l, &format!("{name}.k_proj"), d, d, false),
+            v_proj: Proj::load(l, &format!("{name}.v_proj"), d, d, true),
+            out_proj: Proj::load(l, &format!("{name}.out_proj"), d, d, true),
+            n_heads,
+        }
+    }
+
+    /// [b, t, d] -> [b, h, t, dh]
+    fn heads(&self, x: Tensor<3>) -> Tensor<4> {
+        let [b, t, d] = x.dims();
+        x.reshape([b, t, self.n_heads, d / self.n_heads]).swap_dims(1, 2)
+    }
+
+    /// Keys and values of `x` (the encoder states for cross-attention): [b, h, t, dh] each.
+    pub fn kv(&self, x: Tensor<3>, route: Option<&Route>) -> (Tensor<4>, Tensor<4>) {
+        (self.heads(self.k_proj.forward(x.clone(), route)), self.heads(self.v_proj.forward(x, route)))
+    }
+
+    /// Attention of queries from `x` [b, t, d] over keys/values [b, h, s, dh].
+    pub fn attend(&self, x: Tensor<3>, k: Tensor<4>, v: Tensor<4>, causal: bool, route: Option<&Route>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let q = self.heads(self.q_proj.forward(x, route)); // [b, h, t, dh]
+        let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+        let o = attention(q, k, v, None, None, opts); // [b, h, t, dh]
+        self.out_proj.forward(o.swap_dims(1, 2).reshape([b, t, d]), route)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    pub self_attn: Attention,
+    pub self_attn_layer_norm: Norm,
+    pub fc1: Proj,
+    pub fc2: Proj,
+    pub final_layer_norm: Norm,
+}
+
+impl EncoderLayer {
+    fn forward(&self, x: Tensor<3>, route: Option<&Route>) -> Tensor<3> {
+        let h = self.self_attn_layer_norm.forward(x.clone());
+        let (k, v) = self.self_attn.kv(h.clone(), route);
+        let x = x + self.self_attn.attend(h, k, v, false, route);
+        let h = self.final_layer_norm.forward(x.clone());
+        x + self.fc2.forward(gelu(self.fc1.forward(h, route)), route)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub conv1_weight: Param<Tensor<3>>,
+    pub conv1_bias: Param<Tensor<1>>,
+    pub conv2_weight: Param<Tensor<3>>,
+    pub conv2_bias: Param<Tensor<1>>,
+    /// [1500, d] sinusoids, as stored in the checkpoint.
+    pub embed_positions: Param<Tensor<2>>,
+    pub layers: Vec<EncoderLayer>,
+    pub layer_norm: Norm,
+}
+
+impl Encoder {
+    /// Hidden states as HF numbers them: `upto` = n (the default) is `last_hidden_state`
+    /// (after the final layer norm); `upto` = i < n is the output of layer i (0 = the input
+    /// embeddings), without the final norm. mel: [b, n_mels, 3000] -> [b, 1500, d].
+    pub fn forward_upto(&self, mel: Tensor<3>, upto: usize, route: Option<&Route>) -> Tensor<3> {
+        let x =
+            gelu(conv1d(mel, self.conv1_weight.val(), Some(self.conv1_bias.val()), ConvOptions::new([1], [1], [1], 1)));
+        let x =
+            gelu(conv1d(x, self.conv2_weight.val(), Some(self.conv2_bias.val()), ConvOptions::new([2], [1], [1], 1)));
+        let x = x.swap_dims(1, 2); // [b, 1500, d]
+        let mut x = x + self.embed_positions.val().unsqueeze::<3>();
+        for layer in self.layers.iter().take(upto) {
+            x = layer.forward(x, route);
+        }
+        if upto >= self.layers.len() { self.layer_norm.forward(x) } else { x }
+    }
+
+    pub fn forward(&self, mel: Tensor<3>, route: Option<&Route>) -> Tensor<3> {
+        self.forward_upto(mel, self.layers.len(), route)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub self_attn_layer_norm: Norm,
+    pub encoder_attn: Attention,
+    pub encoder_attn_layer_norm: Norm,
+    pub fc1: Proj,
+    pub fc2: Proj,
+    pub final_layer_norm: Norm,
+}
+
+/// Per decoder layer: self-attention keys/values so far, and the cross-attention ones.
+#[derive(Debug, Clone)]
+pub struct LayerCache {
+    pub self_kv: Option<(Tensor<4>, Tensor<4>)>,
+    pub cross_kv: (Tensor<4>, Tensor<4>),
+}
+
+/// The decoder's state during incremental decoding; `reset` by building a new one.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    /// Tokens already consumed (the position of the next one).
+    pub offset: usize,
+}
+
+impl DecoderLayer {
+    fn forward(&self, x: Tensor<3>, cache: &mut LayerCache, route: Option<&Route>) -> Tensor<3> {
+        let h = self.self_attn_layer_norm.forward(x.clone());
+        let (k, v) = self.self_attn.kv(h.clone(), route);
+        let (k, v) = match cache.self_kv.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        cache.self_kv = Some((k.clone(), v.clone()));
+        let x = x + self.self_attn.attend(h, k, v, true, route);
+        let h = self.encoder_attn_layer_norm.forward(x.clone());
+        let (ck, cv) = cache.cross_kv.clone();
+        let x = x + self.encoder_attn.attend(h, ck, cv, false, route);
+        let h = self.final_layer_norm.forward(x.clone());
+        x + self.fc2.forward(gelu(self.fc1.forward(h, route)), route)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder {
+    /// [vocab, d]; also the output projection (tied).
+    pub embed_tokens: Param<Tensor<2>>,
+    /// [448, d] learned positions.
+    pub embed_positions: Param<Tensor<2>>,
+    pub layers: Vec<DecoderLayer>,
+    pub layer_norm: Norm,
+}
+
+impl Decoder {
+    /// A cache holding the cross-attention keys/values of `enc` [b, 1500, d].
+    pub fn new_cache(&self, enc: Tensor<3>, route: Option<&Route>) -> KvCache {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LayerCache { self_kv: None, cross_kv: l.encoder_attn.kv(enc.clone(), route) })
+            .collect();
+        KvCache { layers, offset: 0 }
+    }
+
+    /// Logits [b, t, vocab] for `tokens` [b, t] following what the cache has seen.
+    pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache, route: Option<&Route>) -> Tensor<3> {
+        let [_, t] = tokens.dims();
+        let pos = self.embed_positions.val().slice(s![cache.offset..cache.offset + t, ..]);
+        let mut x = embedding(self.embed_tokens.val(), tokens) + pos.unsqueeze::<3>();
+        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, c, route);
+        }
+        cache.offset += t;
+        let x = self.layer_norm.forward(x); // [b, t, d]
+        let w = self.embed_tokens.val().transpose().unsqueeze::<3>(); // [1, d, vocab]
+        x.matmul(w)
+    }
+
+    /// Teacher-forced logits [b, t, vocab] for `tokens` [b, t] given encoder states.
+    pub fn forward(&self, tokens: Tensor<2, Int>, enc: Tensor<3>, route: Option<&Route>) -> Tensor<3> {
+        let mut cache = self.new_cache(enc, route);
+        self.forward_cached(tokens, &mut cache, route)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Whisper {
+    pub encoder: Encoder,
+    pub decoder: Decoder,
+    #[module(skip)]
+    pub config: WhisperConfig,
+}
+
+impl Whisper {
+    /// Build the model from a checkpoint's tensors (HF names). Every problem is reported by
+    /// `loader.finish()`.
+    pub fn load(cfg: &WhisperConfig, l: &mut Loader) -> Whisper {
+        let d = cfg.d_model;
+        let enc_layers = (0..cfg.encoder_layers)
+            .map(|i| {
+                let p = format!("model.encoder.layers.{i}");
+                EncoderLayer {
+                    self_attn: Attention::load(l, &format!("{p}.self_attn"), d, cfg.encoder_attention_heads),
+                    self_attn_layer_norm: Norm::load(l, &format!("{p}.self_attn_layer_norm"), d),
+                    fc1: Proj::load(l, &format!("{p}.fc1"), d, cfg.encoder_ffn_dim, true),
+                    fc2: Proj::load(l, &format!("{p}.fc2"), cfg.encoder_ffn_dim, d, true),
+                    final_layer_norm: Norm::load(l, &format!("{p}.final_layer_norm"), d),
+                }
+            })
+            .collect();
+        let encoder = Encoder {
+            conv1_weight: frozen(l.tensor("model.encoder.conv1.weight", [d, cfg.num_mel_bins, 3])),
+            conv1_bias: frozen(l.tensor("model.encoder.conv1.bias", [d])),
+            conv2_weight: frozen(l.tensor("model.encoder.conv2.weight", [d, d, 3])),
+            conv2_bias: frozen(l.tensor("model.encoder.conv2.bias", [d])),
+            embed_positions: frozen(l.tensor("model.encoder.embed_positions.weight", [cfg.max_source_positions, d])),
+            layers: enc_layers,
+            layer_norm: Norm::load(l, "model.encoder.layer_norm", d),
+        };
+        let dec_layers = (0..cfg.decoder_layers)
+            .map(|i| {
+                let p = format!("model.decoder.layers.{i}");
+                DecoderLayer {
+                    self_attn: Attention::load(l, &format!("{p}.self_attn"), d, cfg.decoder_attention_heads),
+                    self_attn_layer_norm: Norm::load(l, &format!("{p}.self_attn_layer_norm"), d),
+                    encoder_attn: Attention::load(l, &format!("{p}.encoder_attn"), d, cfg.decoder_attention_heads),
+                    encoder_attn_layer_norm: Norm::load(l, &format!("{p}.encoder_attn_layer_norm"), d),
+                    fc1: Proj::load(l, &format!("{p}.fc1"), d, cfg.decoder_ffn_dim, true),
+                    fc2: Proj::load(l, &format!("{p}.fc2"), cfg.decoder_ffn_dim, d, true),
+                    final_layer_norm: Norm::load(l, &format!("{p}.final_layer_norm"), d),
+                }
+            })
+            .collect();
+        let decoder = Decoder {
+            embed_tokens: frozen(l.tensor("model.decoder.embed_tokens.weight", [cfg.vocab_size, d])),
+            embed_positions: frozen(l.tensor("model.decoder.embed_positions.weight", [cfg.max_target_positions, d])),
+            layers: dec_layers,
+            layer_norm: Norm::load(l, "model.decoder.layer_norm", d),
+        };
+        Whisper { encoder, decoder, config: cfg.clone() }
+    }
+
+    /// Names a checkpoint may hold that the model does not use: the output projection when it
+    /// is tied to the token embedding.
+    pub fn ignorable_tensors(cfg: &WhisperConfig) -> &'static [&'static str] {
+        if cfg.tie_word_embeddings { &["proj_out.weight"] } else { &[] }
+    }
+
+    /// Teacher-forced logits [b, t, vocab].
+    pub fn forward(&self, mel: Tensor<3>, tokens: Tensor<2, Int>, route: Option<&Route>) -> Tensor<3> {
+        let enc = self.encoder.forward(mel, route);
+        self.decoder.forward(tokens, enc, route)
+    }
+}

@@ -1,0 +1,221 @@
+//! A tiny random-weight Whisper checkpoint in Hugging Face layout, for tests that must not
+//! depend on a real checkpoint (and for fast end-to-end tests of training code).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::config::WhisperConfig;
+
+/// Words of the test tokenizer; ids follow this order, then the special tokens.
+pub const WORDS: [&str; 24] = [
+    "the", "a", "cat", "dog", "sat", "on", "mat", "ran", "to", "house", "big", "small", "red", "blue", "one", "two",
+    "and", "is", "it", "we", "go", "see", "sun", "sky",
+];
+
+/// The shape of the test checkpoint: vocab = words + <unk> + 4 special tokens.
+pub fn tiny_config() -> WhisperConfig {
+    let n = WORDS.len() as u32;
+    let mut c = WhisperConfig::tiny_test(WORDS.len() + 5);
+    c.eos_token_id = n + 1;
+    c.pad_token_id = n + 1;
+    c.decoder_start_token_id = n + 2;
+    c.begin_suppress_tokens = vec![n + 1];
+    c.suppress_tokens = vec![n + 4];
+    c
+}
+
+fn tensor_names(c: &WhisperConfig) -> Vec<(String, Vec<usize>)> {
+    let d = c.d_model;
+    let mut v: Vec<(String, Vec<usize>)> = vec![
+        ("model.encoder.conv1.weight".into(), vec![d, c.num_mel_bins, 3]),
+        ("model.encoder.conv1.bias".into(), vec![d]),
+        ("model.encoder.conv2.weight".into(), vec![d, d, 3]),
+        ("model.encoder.conv2.bias".into(), vec![d]),
+        ("model.encoder.embed_positions.weight".into(), vec![c.max_source_positions, d]),
+        ("model.encoder.layer_norm.weight".into(), vec![d]),
+        ("model.encoder.layer_norm.bias".into(), vec![d]),
+        ("model.decoder.embed_tokens.weight".into(), vec![c.vocab_size, d]),
+        ("model.decoder.embed_positions.weight".into(), vec![c.max_target_positions, d]),
+        ("model.decoder.layer_norm.weight".into(), vec![d]),
+        ("model.decoder.layer_norm.bias".into(), vec![d]),
+    ];
+    let attn = |v: &mut Vec<(String, Vec<usize>)>, p: &str| {
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            v.push((format!("{p}.{proj}.weight"), vec![d, d]));
+            if proj != "k_proj" {
+                v.push((format!("{p}.{proj}.bias"), vec![d]));
+            }
+        }
+    };
+    let norm = |v: &mut Vec<(String, Vec<usize>)>, p: &str| {
+        v.push((format!("{p}.weight"), vec![d]));
+        v.push((format!("{p}.bias"), vec![d]));
+    };
+    for (side, layers, ffn) in
+        [("encoder", c.encoder_layers, c.encoder_ffn_dim), ("decoder", c.decoder_layers, c.decoder_ffn_dim)]
+    {
+        for i in 0..layers {
+            let p = format!("model.{side}.layers.{i}");
+            attn(&mut v, &format!("{p}.self_attn"));
+            norm(&mut v, &format!("{p}.self_attn_layer_norm"));
+            if side == "decoder" {
+                attn(&mut v, &format!("{p}.encoder_attn"));
+                norm(&mut v, &format!("{p}.encoder_attn_layer_norm"));
+            }
+            v.push((format!("{p}.fc1.weight"), vec![ffn, d]));
+            v.push((format!("{p}.fc1.bias"), vec![ffn]));
+            v.push((format!("{p}.fc2.weight"), vec![d, ffn]));
+            v.push((format!("{p}.fc2.bias"), vec![d]));
+            norm(&mut v, &format!("{p}.final_layer_norm"));
+        }
+    }
+    v
+}
+
+/// Write a random-weight checkpoint (f32 safetensors, config, generation config, tokenizer).
+/// `skip` leaves tensors out and `reshape` changes shapes, to make broken checkpoints.
+pub fn write_checkpoint(dir: &Path, seed: u64, skip: &[&str], reshape: &[(&str, Vec<usize>)]) -> Result<WhisperConfig> {
+    let c = tiny_config();
+    std::fs::create_dir_all(dir)?;
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 11) as f64 / (1u64 << 53) as f64) as f32 * 2.0 - 1.0
+    };
+    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    for (name, mut shape) in tensor_names(&c) {
+        if skip.contains(&name.as_str()) {
+            continue;
+        }
+        if let Some((_, s)) = reshape.iter().find(|(n, _)| *n == name) {
+            shape = s.clone();
+        }
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = if name.ends_with("layer_norm.weight") {
+            vec![1.0; n]
+        } else if name.ends_with("layer_norm.bias") {
+            vec![0.0; n]
+        } else {
+            let s = if name.contains("embed") { 0.5 } else { 0.3 };
+            (0..n).map(|_| rand() * s).collect()
+        };
+        tensors.insert(name, (shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(k, (s, b))| {
+            Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize_to_file(
+        views,
+        Some(HashMap::from([("format".into(), "pt".into())])),
+        &dir.join("model.safetensors"),
+    )?;
+
+    let n = WORDS.len() as u32;
+    let config = json!({
+        "d_model": c.d_model, "encoder_layers": c.encoder_layers, "encoder_attention_heads": c.encoder_attention_heads,
+        "decoder_layers": c.decoder_layers, "decoder_attention_heads": c.decoder_attention_heads,
+        "encoder_ffn_dim": c.encoder_ffn_dim, "decoder_ffn_dim": c.decoder_ffn_dim, "num_mel_bins": c.num_mel_bins,
+        "max_source_positions": c.max_source_positions, "max_target_positions": c.max_target_positions,
+        "vocab_size": c.vocab_size, "decoder_start_token_id": c.decoder_start_token_id, "eos_token_id": c.eos_token_id,
+        "pad_token_id": c.pad_token_id, "suppress_tokens": c.suppress_tokens, "begin_suppress_tokens": c.begin_suppress_tokens,
+        "activation_function": "gelu", "tie_word_embeddings": true, "model_type": "whisper",
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        dir.join("generation_config.json"),
+        serde_json::to_string_pretty(
+            &json!({"is_multilingual": false, "no_timestamps_token_id": n + 3, "max_length": 448}),
+        )?,
+    )?;
+    let mut vocab = serde_json::Map::new();
+    for (i, w) in WORDS.iter().enumerate() {
+        vocab.insert(w.to_string(), json!(i));
+    }
+    vocab.insert("<unk>".into(), json!(n));
+    let special = |id: u32, content: &str| json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(n + 1, "<|endoftext|>"), special(n + 2, "<|startoftranscript|>"),
+                         special(n + 3, "<|notimestamps|>"), special(n + 4, "<|nospeech|>")],
+        "normalizer": {"type": "Lowercase"}, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    });
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string_pretty(&tokenizer)?)?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::whisper::Checkpoint;
+    use burn::prelude::*;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("wm-rand-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn random_checkpoint_loads_and_runs_end_to_end() {
+        let d = dir("ok");
+        write_checkpoint(&d, 7, &[], &[]).unwrap();
+        let ck = Checkpoint::load_dir(&d, &Device::flex()).unwrap();
+        let clip: Vec<f32> = (0..16000).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
+        let out = ck.transcribe(&[clip.clone(), clip[..8000].to_vec()], 2, 12, None).unwrap();
+        assert_eq!(out.len(), 2);
+        for (_, ids) in &out {
+            let prompt = ck.prompt(None, Task::Transcribe).unwrap();
+            assert_eq!(&ids[..2], prompt.as_slice());
+            assert!(ids.len() > 2 && ids.len() <= 2 + 12);
+            // Suppressed tokens never appear; the first generated token is never EOT.
+            assert!(!ids[2..].contains(&(WORDS.len() as u32 + 4)));
+            assert_ne!(ids[2], ck.tokenizer.eot);
+        }
+        assert_eq!(ck.tokenizer.encode("the big dog").unwrap(), vec![0, 10, 3]);
+        use crate::whisper::Task;
+    }
+
+    #[test]
+    fn broken_checkpoints_name_every_problem() {
+        let d = dir("broken");
+        write_checkpoint(
+            &d,
+            7,
+            &["model.decoder.layers.1.fc2.bias", "model.encoder.conv1.bias"],
+            &[("model.encoder.layers.0.fc1.weight", vec![31, 16])],
+        )
+        .unwrap();
+        let err = format!("{:#}", Checkpoint::load_dir(&d, &Device::flex()).err().expect("must fail"));
+        assert!(err.contains("missing tensors (2)"), "{err}");
+        assert!(err.contains("model.decoder.layers.1.fc2.bias") && err.contains("model.encoder.conv1.bias"), "{err}");
+        assert!(err.contains("model.encoder.layers.0.fc1.weight: [31, 16] in the file, [32, 16] expected"), "{err}");
+    }
+
+    #[test]
+    fn unexpected_tensors_are_reported() {
+        let d = dir("extra");
+        write_checkpoint(&d, 7, &[], &[]).unwrap();
+        // Add a stray tensor by rewriting the file with one more entry.
+        let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut items: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+        let extra = vec![0u8; 16];
+        items.push((
+            "model.encoder.stray.weight".into(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &extra).unwrap(),
+        ));
+        let out = safetensors::serialize(items, None).unwrap();
+        std::fs::write(d.join("model.safetensors"), out).unwrap();
+        let err = format!("{:#}", Checkpoint::load_dir(&d, &Device::flex()).err().expect("must fail"));
+        assert!(err.contains("unexpected tensors (1): model.encoder.stray.weight"), "{err}");
+    }
+}

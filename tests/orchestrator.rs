@@ -1,0 +1,280 @@
+//! The orchestrator on a toy pipeline of shell commands: what runs, what does not, and why.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+const TOY: &str = r#"
+vars:
+  src: input
+stages:
+  a:
+    cmd: mkdir -p out/a && cat ${src}/a.txt $PIPELINE_PARAMS > out/a/data.txt
+    deps: [${src}/a.txt]
+    params: a
+    outs: [out/a]
+  b:
+    cmd: cp ${src}/b.txt out_b.txt
+    deps: [${src}/b.txt]
+    outs: [out_b.txt]
+  c:
+    cmd: cat out/a/data.txt out_b.txt $PIPELINE_PARAMS > out_c.txt
+    deps: [out/a, out_b.txt]
+    params: c
+    outs: [out_c.txt]
+  d:
+    cmd: wc -c < out_c.txt > out_d.txt
+    deps: [out_c.txt]
+    outs: [out_d.txt]
+params:
+  a: {scale: 1}
+  c: {k: 6, algorithm: kmeans}
+"#;
+
+struct Toy {
+    dir: PathBuf,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    /// Stages the runner started, in order.
+    fn ran(&self) -> Vec<String> {
+        self.stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("▶ running "))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Toy {
+    fn new(name: &str, manifest: &str) -> Toy {
+        let dir = std::env::temp_dir().join(format!("wm-toy-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("input")).unwrap();
+        fs::write(dir.join("input/a.txt"), "alpha\n").unwrap();
+        fs::write(dir.join("input/b.txt"), "beta\n").unwrap();
+        fs::write(dir.join("pipeline.yaml"), manifest).unwrap();
+        Toy { dir }
+    }
+
+    fn pipeline(&self, args: &[&str]) -> Out {
+        let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("run pipeline");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        let out = self.pipeline(&all);
+        assert_eq!(out.code, 0, "pipeline run {args:?} failed:\n{}", out.stderr);
+        out
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    fn read(&self, p: &str) -> String {
+        fs::read_to_string(self.path(p)).unwrap()
+    }
+
+    fn edit_manifest(&self, from: &str, to: &str) {
+        let text = self.read("pipeline.yaml");
+        assert!(text.contains(from), "manifest lacks {from}");
+        fs::write(self.path("pipeline.yaml"), text.replacen(from, to, 1)).unwrap();
+    }
+}
+
+fn age(path: &Path, secs: u64) {
+    // Files written in the last second are re-hashed (racy stat); age them to exercise the cache.
+    let t = SystemTime::now() - Duration::from_secs(secs);
+    fs::File::options().write(true).open(path).unwrap().set_modified(t).unwrap();
+}
+
+#[test]
+fn reruns_exactly_what_changed() {
+    let t = Toy::new("rerun", TOY);
+    assert_eq!(t.run(&["all"]).ran(), ["a", "b", "c", "d"]);
+    assert!(t.read("out_c.txt").contains("alpha") && t.read("out_c.txt").contains("\"k\": 6"));
+    assert_eq!(t.read("out_d.txt").trim(), t.read("out_c.txt").len().to_string());
+    assert!(t.run(&["all"]).ran().is_empty(), "second run must run nothing");
+    let status = t.pipeline(&["status"]);
+    assert!(status.stdout.contains("everything is up to date"), "{}", status.stdout);
+
+    // Touching a dep (mtime only) reruns nothing.
+    age(&t.path("input/a.txt"), 100);
+    assert!(t.run(&["all"]).ran().is_empty());
+
+    // Changing a dep's content reruns that stage and everything downstream, nothing else.
+    fs::write(t.path("input/a.txt"), "ALPHA\n").unwrap();
+    let st = t.pipeline(&["status"]).stdout;
+    assert!(st.contains("dep input/a.txt changed"), "{st}");
+    assert!(st.contains("b: up to date"), "{st}");
+    assert_eq!(t.run(&["all"]).ran(), ["a", "c", "d"]);
+    assert!(t.read("out_c.txt").contains("ALPHA"));
+
+    // Changing one stage's params subtree reruns that stage and its downstream only.
+    t.edit_manifest("c: {k: 6,", "c: {k: 8,");
+    let st = t.pipeline(&["status"]).stdout;
+    assert!(st.contains("params c.k changed 6 -> 8"), "{st}");
+    assert!(st.contains("upstream c is stale"), "{st}");
+    assert_eq!(t.run(&["all"]).ran(), ["c", "d"]);
+
+    // Deleting an out reruns its producer; the same content comes back, so nothing downstream.
+    fs::remove_file(t.path("out_b.txt")).unwrap();
+    assert!(t.pipeline(&["status"]).stdout.contains("out out_b.txt missing"));
+    assert_eq!(t.run(&["all"]).ran(), ["b"]);
+
+    // An out edited by hand is noticed.
+    fs::write(t.path("out_d.txt"), "tampered").unwrap();
+    assert!(t.pipeline(&["status"]).stdout.contains("out out_d.txt changed since it was written"));
+    assert_eq!(t.run(&["all"]).ran(), ["d"]);
+
+    // --dry-run says what would run and runs nothing; --force runs the named stage.
+    fs::write(t.path("input/b.txt"), "BETA\n").unwrap();
+    let dry = t.run(&["all", "--dry-run"]);
+    assert!(dry.ran().is_empty());
+    assert!(dry.stdout.contains("would run b: dep input/b.txt changed"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("would run d"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("a: up to date"), "{}", dry.stdout);
+    assert_eq!(t.read("out_b.txt"), "beta\n");
+    t.run(&["all"]);
+    assert_eq!(t.run(&["a", "--force"]).ran(), ["a"]);
+}
+
+#[test]
+fn run_stage_runs_stale_upstream_first() {
+    let t = Toy::new("upstream", TOY);
+    assert_eq!(t.run(&["c"]).ran(), ["a", "b", "c"]);
+    assert!(!t.path("out_d.txt").exists());
+    fs::write(t.path("input/b.txt"), "BETA\n").unwrap();
+    assert_eq!(t.run(&["d"]).ran(), ["b", "c", "d"]);
+}
+
+#[test]
+fn failing_stage_keeps_outs_and_lock() {
+    let t = Toy::new("fail", TOY);
+    t.run(&["all"]);
+    let lock_before = t.read("pipeline.lock");
+    let c_before = t.read("out_c.txt");
+    t.edit_manifest(
+        "cmd: cat out/a/data.txt out_b.txt $PIPELINE_PARAMS > out_c.txt",
+        "cmd: echo partial > out_c.txt; exit 3",
+    );
+    let out = t.pipeline(&["run", "all"]);
+    assert_ne!(out.code, 0);
+    assert_eq!(out.ran(), ["c"]);
+    assert!(out.stderr.contains("c failed: exit code 3"), "{}", out.stderr);
+    assert!(out.stderr.contains("upstream c did not complete"), "{}", out.stderr);
+    assert_eq!(t.read("out_c.txt"), c_before, "the previous out must stay");
+    assert_eq!(t.read("pipeline.lock"), lock_before, "the lock must not change");
+    assert!(t.read(".pipeline/logs/c.log").contains("exit 3"));
+    // It is still stale, and a fixed command runs it and its downstream.
+    assert!(t.pipeline(&["status"]).stdout.contains("cmd changed"));
+    t.edit_manifest("cmd: echo partial > out_c.txt; exit 3", "cmd: echo fixed > out_c.txt");
+    assert_eq!(t.run(&["all"]).ran(), ["c", "d"]);
+    assert_eq!(t.read("out_c.txt"), "fixed\n");
+}
+
+#[test]
+fn keep_going_runs_independent_stages() {
+    let t = Toy::new("keepgoing", TOY);
+    t.edit_manifest("cmd: mkdir -p out/a", "cmd: exit 1; mkdir -p out/a");
+    let out = t.pipeline(&["run", "all", "--keep-going"]);
+    assert_ne!(out.code, 0);
+    let ran = out.ran();
+    assert!(ran.contains(&"a".to_string()) && ran.contains(&"b".to_string()), "{ran:?}");
+    assert!(t.path("out_b.txt").exists());
+    assert!(!t.path("out_c.txt").exists());
+}
+
+#[test]
+fn jobs_run_independent_stages_at_the_same_time() {
+    let manifest = r#"
+stages:
+  x:
+    cmd: date +%s.%N > times_x_start; sleep 1; date +%s.%N > times_x_end; echo x > out_x
+    outs: [out_x]
+  y:
+    cmd: date +%s.%N > times_y_start; sleep 1; date +%s.%N > times_y_end; echo y > out_y
+    outs: [out_y]
+"#;
+    let t = Toy::new("jobs", manifest);
+    let out = t.run(&["all", "-j", "2"]);
+    assert_eq!(out.ran().len(), 2);
+    let f = |n: &str| t.read(n).trim().parse::<f64>().unwrap();
+    let (xs, xe, ys, ye) = (f("times_x_start"), f("times_x_end"), f("times_y_start"), f("times_y_end"));
+    assert!(xs < ye && ys < xe, "stages did not overlap: x {xs}..{xe}, y {ys}..{ye}");
+    // Output is prefixed with the stage name when stages run in parallel.
+    assert!(t.read(".pipeline/logs/x.log").starts_with("$ "));
+}
+
+#[test]
+fn var_override_points_stages_elsewhere() {
+    let t = Toy::new("vars", TOY);
+    fs::create_dir_all(t.path("other")).unwrap();
+    fs::write(t.path("other/a.txt"), "other-a\n").unwrap();
+    fs::write(t.path("other/b.txt"), "other-b\n").unwrap();
+    t.run(&["all", "--var", "src=other"]);
+    assert!(t.read("out_c.txt").contains("other-a"));
+}
+
+fn refused(name: &str, manifest: &str, key: &str, line: u32, words: &str) {
+    let t = Toy::new(name, manifest);
+    let out = t.pipeline(&["run", "all"]);
+    assert_eq!(out.code, 2, "{name}: expected exit code 2, got {}: {}", out.code, out.stderr);
+    let want_loc = format!("pipeline.yaml:{line}:");
+    assert!(out.stderr.contains(&want_loc), "{name}: no `{want_loc}` in: {}", out.stderr);
+    assert!(out.stderr.contains(key), "{name}: key `{key}` not named in: {}", out.stderr);
+    assert!(out.stderr.contains(words), "{name}: `{words}` not in: {}", out.stderr);
+    assert!(!t.path(".pipeline/logs").exists(), "{name}: something ran");
+}
+
+#[test]
+fn malformed_manifests_are_refused_with_key_and_line() {
+    refused("unknown", "stages:\n  a:\n    cmd: echo\n    outz: [x]\n", "outz", 4, "unknown field");
+    refused(
+        "cycle",
+        "stages:\n  a:\n    cmd: x\n    deps: [b.txt]\n    outs: [a.txt]\n  b:\n    cmd: y\n    deps: [a.txt]\n    outs: [b.txt]\n",
+        "stages.a",
+        3,
+        "cycle: a -> b -> a",
+    );
+    refused(
+        "missing",
+        "stages:\n  a:\n    cmd: x\n    deps:\n      - input/a.txt\n      - nowhere.txt\n    outs: [o]\n",
+        "stages.a.deps",
+        6,
+        "nowhere.txt",
+    );
+    refused(
+        "dup",
+        "stages:\n  a:\n    cmd: x\n    outs: [o]\n  b:\n    cmd: y\n    outs:\n      - o\n",
+        "stages.b.outs",
+        8,
+        "overlaps",
+    );
+    refused("var", "vars:\n  x: 1\nstages:\n  a:\n    cmd: run ${y}\n    outs: [o]\n", "stages.a.cmd", 5, "${y}");
+    refused(
+        "params",
+        "stages:\n  a:\n    cmd: x\n    params: cluster.k\n    outs: [o]\nparams:\n  cluster: {n: 3}\n",
+        "stages.a.params",
+        4,
+        "cluster.k",
+    );
+}

@@ -10,6 +10,7 @@ pub mod embed;
 pub mod lora;
 pub mod pipeline;
 pub mod stage;
+pub mod train;
 pub mod whisper;
 
 /// Keep freed memory in the process instead of returning it to the kernel at once: CPU

@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod audio;
 pub mod dataset;
 pub mod embed;
+pub mod eval;
 pub mod lora;
 pub mod pipeline;
 pub mod stage;

@@ -8,6 +8,7 @@ pub mod audio;
 pub mod dataset;
 pub mod embed;
 pub mod eval;
+pub mod experts;
 pub mod lora;
 pub mod pipeline;
 pub mod stage;

@@ -4,6 +4,7 @@
 pub mod columns;
 pub mod dataset;
 pub mod show;
+pub mod table;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,6 +2,7 @@
 //! cross-entropy behind the checkpoint's prompt, a shared encoder pass when no adapter touches
 //! the encoder, AdamW with warmup, clipping and accumulation, checkpoints and resume.
 
+pub mod data;
 pub mod optim;
 
 use std::collections::HashMap;

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod experts;
 pub mod lora;
 pub mod pipeline;
+pub mod routing;
 pub mod stage;
 pub mod train;
 pub mod whisper;

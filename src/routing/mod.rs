@@ -1,0 +1,6 @@
+//! Routing: the gate, the curriculum's schedules, balance losses and routing statistics.
+
+pub mod balance;
+pub mod curriculum;
+pub mod schedule;
+pub mod stats;

@@ -26,7 +26,9 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("WHISPER_MOE_SHARED").map(|s| std::path::PathBuf::from(s).join("models/whisper-tiny.en")))
+        .or_else(|| {
+            std::env::var_os("WHISPER_MOE_SHARED").map(|s| std::path::PathBuf::from(s).join("models/whisper-tiny.en"))
+        })
         .expect("give a checkpoint directory or set WHISPER_MOE_SHARED");
     let dev = Device::flex();
     let ck = Checkpoint::load_dir(&model, &dev).unwrap();

@@ -223,7 +223,6 @@ fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
 }
 
 /// Lines over x with optional horizontal reference lines, e.g. losses over steps.
-#[allow(clippy::too_many_arguments)]
 fn draw_lines<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
@@ -255,11 +254,10 @@ fn draw_lines<DB: DrawingBackend>(
         .label_style(font(14))
         .axis_desc_style(font(15))
         .draw()?;
-    for (i, (name, y)) in reference_lines.iter().enumerate() {
+    for (name, y) in reference_lines {
         let style = BLACK.mix(0.6).stroke_width(1);
-        let c = if i == 0 { BLACK.mix(0.6) } else { color(9 - i % 10).mix(0.8) };
         chart
-            .draw_series(DashedLineSeries::new(vec![(xs.0, *y), (xs.1, *y)], 6, 4, c.stroke_width(1)))?
+            .draw_series(DashedLineSeries::new(vec![(xs.0, *y), (xs.1, *y)], 6, 4, style))?
             .label(name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
@@ -882,6 +880,7 @@ mod tests {
             check(&dir, f);
             assert_eq!(f.png, format!("{}.png", f.name));
         }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -911,6 +910,7 @@ mod tests {
             check(&dir, f);
         }
         assert!(expert_load_bars(&dir, "bad", "Mismatch", &[1.0, 2.0], &one).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -498,6 +498,9 @@ mod tests {
         assert!(html.contains("phone &lt;call&gt;") && html.contains("read &amp; spoken"));
         assert!(html.contains("Synthetic report &lt;test&gt;"));
         assert!(html.contains("83.33 %"), "routing accuracy 10/12");
+        if std::env::var_os("WHISPER_MOE_KEEP_REPORT").is_none() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! report. The evaluate stage strings them together; nothing here needs a trained model.
 
 pub mod normalize;
+pub mod plots;
+pub mod report;
 pub mod wer;
 
 pub use normalize::Normalizer;

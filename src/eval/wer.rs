@@ -100,8 +100,8 @@ pub fn align<T: PartialEq>(reference: &[T], hypothesis: &[T]) -> Stats {
     // d[i * (m + 1) + j] = distance between r[..i] and h[..j]
     let w = m + 1;
     let mut d = vec![0u32; (n + 1) * w];
-    for j in 0..=m {
-        d[j] = j as u32;
+    for (j, cell) in d[..w].iter_mut().enumerate() {
+        *cell = j as u32;
     }
     for i in 1..=n {
         d[i * w] = i as u32;

@@ -3,6 +3,7 @@
 
 pub mod columns;
 pub mod dataset;
+pub mod samples;
 pub mod show;
 pub mod table;
 

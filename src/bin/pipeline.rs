@@ -62,6 +62,12 @@ enum Cmd {
     },
     /// Transcribe audio files; prints `FILE<TAB>text` per file.
     Transcribe(TranscribeArgs),
+    /// Write one sample dataset of every artifact schema and expected.json (interop checks).
+    #[command(hide = true)]
+    InteropSamples {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Model checkpoints.
     Model {
         #[command(subcommand)]
@@ -195,6 +201,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Transcribe(args) => transcribe(args),
+        Cmd::InteropSamples { out } => {
+            whisper_moe::artifacts::samples::write_samples(&out)?;
+            eprintln!("samples written to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Model { cmd: ModelCmd::Fetch { id, out, registry } } => {
             let registry = registry.map(|r| r.parse()).transpose().map_err(anyhow::Error::msg)?;
             let from = whisper_moe::whisper::source::fetch(&id, &out, registry)?;

@@ -13,7 +13,9 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::lora::{MultiLora, Route, trainable};
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
+
+use crate::lora::Route;
 use crate::whisper::model::Whisper;
 use crate::whisper::{Checkpoint, Task};
 pub use optim::{AdamW, AdamWConfig, GradMap, warmup_lr};
@@ -176,7 +178,31 @@ pub struct Row {
     pub weight: f32,
 }
 
-/// Weighted loss of `rows`: sum_r w_r L_r / utterances, and each row's L_r (as f32).
+/// Each row's sequence loss L [rows] for (example, expert) rows: the encoder runs once per
+/// utterance without gradients (cached) unless adapters touch it.
+pub fn losses_of_rows(
+    ck: &Checkpoint,
+    model: &Whisper,
+    cache: &mut EncoderCache,
+    examples: &[Example],
+    rows: &[(usize, Option<usize>)],
+    train: bool,
+) -> Tensor<1> {
+    let device = model.decoder.embed_tokens.val().device();
+    let route = Route::per_row(&rows.iter().map(|r| r.1).collect::<Vec<_>>(), &device).training(train);
+    let exs: Vec<&Example> = rows.iter().map(|r| &examples[r.0]).collect();
+    let enc = if model.encoder_has_adapters() {
+        let feats: Vec<Vec<f32>> = exs.iter().map(|e| ck.features(&e.audio)).collect();
+        let mel = Tensor::from_data(ck.mel_batch(&feats).into_data(), &device);
+        model.encoder.forward(mel, Some(&route))
+    } else {
+        cache.states(ck, &model.encoder.valid(), &exs)
+    };
+    let seqs: Vec<&[u32]> = exs.iter().map(|e| e.tokens.as_slice()).collect();
+    row_losses(model, enc, &seqs, Some(&route))
+}
+
+/// Weighted loss of `rows`: sum_r w_r L_r / utterances, and each row's L_r.
 pub fn rows_loss(
     ck: &Checkpoint,
     model: &Whisper,
@@ -187,69 +213,102 @@ pub fn rows_loss(
     train: bool,
 ) -> (Tensor<1>, Tensor<1>) {
     let device = model.decoder.embed_tokens.val().device();
-    let route = Route::per_row(&rows.iter().map(|r| r.expert).collect::<Vec<_>>(), &device).training(train);
-    let exs: Vec<&Example> = rows.iter().map(|r| &examples[r.example]).collect();
-    let enc = if model.encoder_has_adapters() {
-        let feats: Vec<Vec<f32>> = exs.iter().map(|e| ck.features(&e.audio)).collect();
-        let mel = Tensor::from_data(ck.mel_batch(&feats).into_data(), &device);
-        model.encoder.forward(mel, Some(&route))
-    } else {
-        cache.states(ck, &model.encoder.valid(), &exs)
-    };
-    let seqs: Vec<&[u32]> = exs.iter().map(|e| e.tokens.as_slice()).collect();
-    let losses = row_losses(model, enc, &seqs, Some(&route)); // [rows]
+    let pairs: Vec<(usize, Option<usize>)> = rows.iter().map(|r| (r.example, r.expert)).collect();
+    let losses = losses_of_rows(ck, model, cache, examples, &pairs, train);
     let w: Vec<f32> = rows.iter().map(|r| r.weight).collect();
     let w = Tensor::<1>::from_data(TensorData::new(w, [rows.len()]), &device);
     ((losses.clone() * w).sum() / utterances.max(1) as f32, losses)
 }
 
-/// Every adapter's A and B, by module name (for checkpoints).
-pub fn save_adapters(model: &Whisper, path: &Path) -> Result<()> {
-    let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, lora) in model.loras() {
-        for (k, t) in [("a", lora.a.val()), ("b", lora.b.val())] {
-            let v: Vec<f32> = t.clone().into_data().try_into_vec_as()?;
-            bytes.push((format!("{name}.{k}"), t.dims().to_vec(), v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+struct Trainables {
+    path: Vec<String>,
+    out: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl ModuleVisitor for Trainables {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        if p.is_require_grad() {
+            let t = p.val();
+            let v: Vec<f32> = t.clone().into_data().try_into_vec_as().expect("f32 parameter");
+            self.out.push((self.path.join("."), t.dims().to_vec(), v));
         }
     }
+}
+
+/// Save every trainable parameter of a module by path (checkpoints: adapters, gate, ...).
+pub fn save_trainables<M: Module>(module: &M, path: &Path) -> Result<()> {
+    let mut t = Trainables { path: Vec::new(), out: Vec::new() };
+    module.visit(&mut t);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        t.out.into_iter().map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
         .map(|(k, s, b)| Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?)))
         .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, None, path)?;
+    let tmp = path.with_extension("tmp");
+    safetensors::serialize_to_file(views, None, &tmp)?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
 }
 
-/// Load what `save_adapters` wrote into the model's (already attached) adapters.
-pub fn load_adapters(model: &mut Whisper, path: &Path) -> Result<()> {
+struct Restore {
+    path: Vec<String>,
+    values: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    problems: Vec<String>,
+}
+
+impl ModuleMapper for Restore {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !p.is_require_grad() {
+            return p;
+        }
+        let key = self.path.join(".");
+        let Some((shape, v)) = self.values.remove(&key) else {
+            self.problems.push(format!("no saved value for {key}"));
+            return p;
+        };
+        let t = p.val();
+        if shape != t.dims().to_vec() {
+            self.problems.push(format!("{key}: saved shape {shape:?}, model {:?}", t.dims()));
+            return p;
+        }
+        let device = t.device();
+        let new = Tensor::<D>::from_data(TensorData::new(v, t.shape()), &device);
+        let new = if device.is_autodiff() { new.require_grad() } else { new };
+        Param::initialized(p.id, new)
+    }
+}
+
+/// Load what `save_trainables` wrote into a module with the same trainable parameters.
+pub fn load_trainables<M: Module>(module: M, path: &Path) -> Result<M> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)?;
-    let read = |k: &str| -> Result<(Vec<usize>, Vec<f32>)> {
-        let v = st.tensor(k).with_context(|| format!("{}: no {k}", path.display()))?;
-        Ok((v.shape().to_vec(), v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()))
-    };
-    for (name, proj) in model.projs_mut() {
-        let Some(lora) = proj.lora.as_mut() else { continue };
-        let device = lora.a.val().device();
-        let (sa, a) = read(&format!("{name}.a"))?;
-        let (sb, b) = read(&format!("{name}.b"))?;
-        if sa != lora.a.dims().to_vec() || sb != lora.b.dims().to_vec() {
-            bail!("{}: {name} has other shapes than the model's adapters", path.display());
-        }
-        *lora = MultiLora {
-            a: trainable(
-                &format!("{name}.lora_A"),
-                Tensor::from_data(TensorData::new(a, [sa[0], sa[1], sa[2]]), &device),
-            ),
-            b: trainable(
-                &format!("{name}.lora_B"),
-                Tensor::from_data(TensorData::new(b, [sb[0], sb[1], sb[2]]), &device),
-            ),
-            scale: lora.scale,
-            dropout: lora.dropout,
-        };
+    let values = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, (v.shape().to_vec(), v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())))
+        .collect();
+    let mut r = Restore { path: Vec::new(), values, problems: Vec::new() };
+    let module = module.map(&mut r);
+    if let Some(k) = r.values.keys().next() {
+        r.problems.push(format!("saved {k} is not a trainable parameter of the model"));
     }
-    Ok(())
+    if !r.problems.is_empty() {
+        bail!("{} does not match the model: {}", path.display(), r.problems.join("; "));
+    }
+    Ok(module)
 }
 
 /// Where a run keeps its checkpoint, and what it resumes from.
@@ -302,7 +361,7 @@ pub fn train_rows(
     let mut opt = AdamW::new(cfg.adamw());
     let mut start = 0;
     if let Some(s) = read_state(ckpt).filter(|s| s.fingerprint == fingerprint) {
-        load_adapters(&mut model, &ckpt.join("adapters.safetensors"))?;
+        model = load_trainables(model, &ckpt.join("trainables.safetensors"))?;
         opt = AdamW::load(&ckpt.join("optimizer.safetensors"), &device.clone().inner())?;
         start = s.epoch;
         eprintln!("resuming from the checkpoint after epoch {start} ({})", ckpt.display());
@@ -371,7 +430,7 @@ pub fn train_rows(
         on_epoch(&model, &stats)?;
         let last = epoch + 1 == cfg.epochs;
         if last || (cfg.save_every_n_epochs > 0 && (epoch + 1) % cfg.save_every_n_epochs == 0) {
-            save_adapters(&model, &ckpt.join("adapters.safetensors"))?;
+            save_trainables(&model, &ckpt.join("trainables.safetensors"))?;
             opt.save(&ckpt.join("optimizer.safetensors"))?;
             write_state(
                 ckpt,

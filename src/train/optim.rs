@@ -103,7 +103,7 @@ pub struct AdamW {
 struct Apply<'a> {
     opt: &'a mut AdamW,
     grads: &'a GradMap,
-    lr: f64,
+    lr: &'a dyn Fn(&str) -> f64,
     path: Vec<String>,
 }
 
@@ -119,6 +119,7 @@ impl ModuleMapper for Apply<'_> {
         let Some(g) = self.grads.0.get(&key) else { return param };
         let c = self.opt.config;
         let t = self.opt.step as i32;
+        let lr = (self.lr)(&key);
         let value = param.val();
         let shape = value.shape();
         let n = shape.num_elements();
@@ -131,7 +132,7 @@ impl ModuleMapper for Apply<'_> {
         let v = v * c.beta2 + g.powf_scalar(2.0) * (1.0 - c.beta2);
         let m_hat = m.clone() / (1.0 - c.beta1.powi(t));
         let v_hat = v.clone() / (1.0 - c.beta2.powi(t));
-        let p = p * (1.0 - self.lr * c.weight_decay) - m_hat / (v_hat.sqrt() + c.eps) * self.lr;
+        let p = p * (1.0 - lr * c.weight_decay) - m_hat / (v_hat.sqrt() + c.eps) * lr;
         self.opt.m.insert(key.clone(), m);
         self.opt.v.insert(key, v);
         let new: Tensor<D> = p.reshape(shape);
@@ -162,6 +163,11 @@ impl AdamW {
 
     /// One update of every parameter that has a gradient in `grads`.
     pub fn step<M: Module>(&mut self, module: M, grads: &GradMap, lr: f64) -> M {
+        self.step_with(module, grads, &|_| lr)
+    }
+
+    /// One update with a learning rate per parameter path (parameter groups).
+    pub fn step_with<M: Module>(&mut self, module: M, grads: &GradMap, lr: &dyn Fn(&str) -> f64) -> M {
         self.step += 1;
         let mut a = Apply { opt: self, grads, lr, path: Vec::new() };
         module.map(&mut a)

@@ -5,9 +5,11 @@
 
 pub mod artifacts;
 pub mod audio;
+pub mod cluster;
 pub mod dataset;
 pub mod embed;
 pub mod lora;
 pub mod pipeline;
+pub mod routing;
 pub mod stage;
 pub mod whisper;

@@ -86,10 +86,12 @@ fn main() {
         let start = Instant::now();
         let raw = run_kmeans(x.view(), &cfg, imp, 1.0).unwrap();
         let secs = start.elapsed().as_secs_f64();
-        let iters = raw.info.get("iterations").map(|v| format!("{v}")).unwrap_or_else(|| "n/a".into());
+        let info = |k: &str| raw.info.get(k).map(|v| format!("{v}")).unwrap_or_else(|| "n/a".into());
         println!(
-            "{name:>6}: {secs:8.2} s   inertia (mean squared distance) {:.4}   iterations of the best run {iters}",
-            raw.info["inertia"]
+            "{name:>6}: {secs:8.2} s   inertia (mean squared distance) {:.4}   iterations of the best run {}, of all runs {}",
+            raw.info["inertia"],
+            info("iterations"),
+            info("total_iterations"),
         );
     }
 }

@@ -175,3 +175,59 @@ fn bad_params_are_refused_with_their_name() {
     assert!(!dir.join("c").join("clusters").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The pipeline entries proposed for pipeline.yaml, with a copy standing in for stage embed.
+const PIPELINE: &str = r#"
+stages:
+  embed:
+    cmd: cp -r data/embeddings artifacts/embeddings
+    deps: [data/embeddings]
+    outs: [artifacts/embeddings]
+  cluster:
+    cmd: stage-cluster --embeddings artifacts/embeddings --out artifacts/cluster
+    deps: [artifacts/embeddings]
+    params: cluster
+    outs: [artifacts/cluster]
+  gate:
+    cmd: stage-gate --embeddings artifacts/embeddings --clusters artifacts/cluster/clusters --splits artifacts/cluster/splits --out artifacts/gate
+    deps: [artifacts/embeddings, artifacts/cluster/clusters, artifacts/cluster/splits]
+    params: gate
+    outs: [artifacts/gate]
+  downstream:
+    cmd: cp artifacts/gate/gate_config.json artifacts/downstream.json
+    deps: [artifacts/gate]
+    outs: [artifacts/downstream.json]
+params:
+  cluster: {algorithm: kmeans, k: 6, seed: 42, label_column: domain, min_cluster_size: 5}
+  gate: {hidden: [64], max_epochs: 30, patience: 5, seed: 1}
+"#;
+
+fn pipeline(dir: &Path, args: &[&str]) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline")).args(args).current_dir(dir).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "pipeline {args:?} failed:\n{stderr}");
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("▶ running "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn changing_k_reruns_cluster_gate_and_downstream_but_not_embed() {
+    let dir = tmp("pipeline");
+    write_embeddings(&dir.join("data/embeddings"), &embeddings(30, 5), "mean_valid");
+    std::fs::write(dir.join("pipeline.yaml"), PIPELINE).unwrap();
+    assert_eq!(pipeline(&dir, &["run", "all"]), ["embed", "cluster", "gate", "downstream"]);
+    let experts = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("artifacts/downstream.json")).unwrap()).unwrap()
+    };
+    assert_eq!(experts(&dir)["experts"], 6);
+    assert!(pipeline(&dir, &["run", "all"]).is_empty());
+
+    let text = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
+    std::fs::write(dir.join("pipeline.yaml"), text.replace("k: 6,", "k: 5,")).unwrap();
+    assert_eq!(pipeline(&dir, &["run", "all"]), ["cluster", "gate", "downstream"]);
+    assert_eq!(experts(&dir)["experts"], 5);
+    let _ = std::fs::remove_dir_all(&dir);
+}

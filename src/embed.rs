@@ -185,8 +185,8 @@ pub fn embed(
                 }
             }
         }
-        progress.inc(chunk.len());
         if ready.is_empty() {
+            progress.inc(chunk.len());
             continue;
         }
         let feats: Vec<Vec<f32>> = ready.iter_mut().map(|r| std::mem::take(&mut r.features)).collect();
@@ -208,6 +208,7 @@ pub fn embed(
         };
         writer.write(&batch.to_batch()?)?;
         embedded += ready.len();
+        progress.inc(chunk.len());
     }
     progress.finish();
     if embedded == 0 {

@@ -8,8 +8,24 @@ pub mod audio;
 pub mod cluster;
 pub mod dataset;
 pub mod embed;
+pub mod eval;
+pub mod experts;
 pub mod lora;
 pub mod pipeline;
 pub mod routing;
 pub mod stage;
+pub mod train;
 pub mod whisper;
+
+/// Keep freed memory in the process instead of returning it to the kernel at once: CPU
+/// training allocates and frees 50-200 MB temporaries every step, and purging them cost more
+/// system time than the step's compute (../shared/docs/deps.md). MIMALLOC_PURGE_DELAY, when
+/// set, still wins. Every binary calls this first.
+pub fn tune_allocator() {
+    // mi_option_purge_delay in mimalloc's `mi_option_e` (v2 header; libmimalloc-sys lacks the constant).
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: setting an allocator option is thread-safe and valid at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}

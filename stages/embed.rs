@@ -36,6 +36,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    whisper_moe::tune_allocator();
     let args = Args::parse();
     let p: EmbedParams = args.params.load()?;
     let ds = Dataset::open(&args.dataset, &p.columns)?;

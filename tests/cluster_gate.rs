@@ -8,8 +8,9 @@ use std::process::Command;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use whisper_moe::artifacts::columns::{f32s, i64s};
 use whisper_moe::artifacts::{
-    CHECKPOINT_HASH, Clusters, Embeddings, GateEpochs, Splits, read_metadata, standard_metadata, write_dataset,
+    CHECKPOINT_HASH, Clusters, Embeddings, Splits, read_dataset, read_metadata, standard_metadata, write_dataset,
 };
 use whisper_moe::routing::Gate;
 
@@ -139,10 +140,14 @@ fn cluster_then_gate_on_synthetic_embeddings() {
     let acc = gs["val_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.95, "gate val accuracy {acc}");
     assert_eq!(gs["experts"], 6);
-    let (epochs, mmeta) = GateEpochs::read(&gout.join("metrics")).unwrap();
-    assert_eq!(epochs.epoch.len(), gs["epochs_run"].as_u64().unwrap() as usize);
-    assert_eq!(epochs.val_accuracy[gs["best_epoch"].as_u64().unwrap() as usize] as f64, acc as f32 as f64);
-    assert_eq!(mmeta.get(CHECKPOINT_HASH).map(String::as_str), Some("ckpt-hash-123"));
+    let metrics = read_dataset(&gout.join("metrics")).unwrap();
+    let batch = metrics.concat().unwrap();
+    let epochs = i64s(&batch, "epoch").unwrap();
+    assert_eq!(epochs, (0..gs["epochs_run"].as_i64().unwrap()).collect::<Vec<_>>());
+    let val_acc = f32s(&batch, "val_accuracy").unwrap();
+    assert_eq!(val_acc[gs["best_epoch"].as_u64().unwrap() as usize], acc as f32);
+    assert!(f32s(&batch, "train_loss").unwrap().iter().all(|v| v.is_finite()));
+    assert_eq!(metrics.metadata.get(CHECKPOINT_HASH).map(String::as_str), Some("ckpt-hash-123"));
     let gate = Gate::load(&gout, &burn::prelude::Device::flex()).unwrap();
     assert_eq!(gate.config().experts, 6);
     assert_eq!(gate.config().input_dim, DIM);

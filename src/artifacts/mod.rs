@@ -4,6 +4,7 @@
 pub mod columns;
 pub mod dataset;
 pub mod show;
+pub mod table;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -235,50 +236,6 @@ impl Splits {
     }
     pub fn read(path: &Path) -> Result<(Splits, BTreeMap<String, String>)> {
         read_typed(path, "splits", Splits::from_batch)
-    }
-}
-
-/// Per-epoch metrics of gate pretraining (stage gate). Losses and accuracy are NaN when there
-/// are no val rows.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GateEpochs {
-    pub epoch: Vec<i32>,
-    pub train_loss: Vec<f32>,
-    pub val_loss: Vec<f32>,
-    /// Accuracy against the cluster labels on the val split.
-    pub val_accuracy: Vec<f32>,
-}
-
-impl GateEpochs {
-    pub fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("epoch", DataType::Int32, false),
-            Field::new("train_loss", DataType::Float32, false),
-            Field::new("val_loss", DataType::Float32, false),
-            Field::new("val_accuracy", DataType::Float32, false),
-        ]))
-    }
-    pub fn to_batch(&self) -> Result<RecordBatch> {
-        Ok(RecordBatch::try_new(
-            Self::schema(),
-            vec![
-                i32_array(&self.epoch),
-                f32_array(&self.train_loss),
-                f32_array(&self.val_loss),
-                f32_array(&self.val_accuracy),
-            ],
-        )?)
-    }
-    pub fn from_batch(b: &RecordBatch) -> Result<GateEpochs> {
-        Ok(GateEpochs {
-            epoch: i64s(b, "epoch")?.into_iter().map(|v| v as i32).collect(),
-            train_loss: f32s(b, "train_loss")?,
-            val_loss: f32s(b, "val_loss")?,
-            val_accuracy: f32s(b, "val_accuracy")?,
-        })
-    }
-    pub fn read(path: &Path) -> Result<(GateEpochs, BTreeMap<String, String>)> {
-        read_typed(path, "gate metrics", GateEpochs::from_batch)
     }
 }
 

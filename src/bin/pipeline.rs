@@ -107,6 +107,7 @@ enum ModelCmd {
 }
 
 fn main() -> ExitCode {
+    whisper_moe::tune_allocator();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,

@@ -8,6 +8,13 @@
 //!   scale makes T independent of the dimension and the units: at T = 1 a point one "typical
 //!   within-cluster spread" farther from c_j than from c_k has p_j / p_k = 1/e.
 //! - Gaussian mixture: the EM posteriors, recomputed with a stable log-sum-exp.
+//!
+//! Full-covariance GMMs in 384 dimensions are fragile: linfa's EM sums exp(log-densities)
+//! without subtracting the maximum, so 384-dimensional densities (log p of several hundred
+//! below zero) underflow, and with tens of points per cluster the covariances are
+//! rank-deficient. Measured on 4 z-scored blobs of 50 points in 384 dims: reg_covariance 1e-6
+//! and 1e-3 fail ("cluster has no more point"), 1e-1 works. Hence the stage projects onto 32
+//! principal components before a GMM unless told otherwise (`pca_dims`).
 //! - DBSCAN / HDBSCAN: the `hdbscan` crate gives labels only, and linfa's DBSCAN too, so the
 //!   memberships are derived in [`crate::cluster::noise`] the same way as for k-means, from
 //!   the centroids of the found clusters (`density_temperature`).
@@ -27,7 +34,6 @@ use rand_xoshiro::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::kmeans::{self, KMeansConfig, row_norms, sq_dists};
-use super::scale::pca;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -137,20 +143,13 @@ pub struct GmmParams {
     /// Added to the covariance diagonals (features are z-scored by default, so this is relative
     /// to unit variance).
     pub reg_covariance: f64,
-    /// Fit on this many leading principal components (0 = all dimensions). Full covariance in
-    /// 384 dimensions is fragile: linfa's EM sums exp(log-densities) without subtracting the
-    /// maximum, so 384-dimensional densities (log p of several hundred below zero) underflow,
-    /// and with tens of points per cluster the covariances are rank-deficient. Measured on 4
-    /// z-scored blobs of 50 points in 384 dims: reg_covariance 1e-6 and 1e-3 fail ("cluster
-    /// has no more point"), 1e-1 works; with pca_dims 32 the default 1e-3 recovers the blobs.
-    pub pca_dims: usize,
     /// EM stops when the mean log-likelihood changes by less than this.
     pub tolerance: f64,
 }
 
 impl Default for GmmParams {
     fn default() -> Self {
-        GmmParams { reg_covariance: 1e-3, pca_dims: 32, tolerance: 1e-3 }
+        GmmParams { reg_covariance: 1e-3, tolerance: 1e-3 }
     }
 }
 
@@ -180,14 +179,7 @@ pub fn run_gmm(x: ArrayView2<f32>, k: usize, seed: u64, n_runs: usize, max_iter:
         bail!("k = {k} must be in 1..={} (the number of rows)", x.nrows());
     }
     let mut info = BTreeMap::new();
-    let data: Array2<f64> = if p.pca_dims > 0 && p.pca_dims < x.ncols() {
-        let (proj, kept) = pca(&x.to_owned(), p.pca_dims)?;
-        info.insert("pca_dims".into(), p.pca_dims as f64);
-        info.insert("pca_explained_variance".into(), kept);
-        proj
-    } else {
-        x.mapv(|v| v as f64)
-    };
+    let data: Array2<f64> = x.mapv(|v| v as f64);
     let ds = DatasetBase::from(data.clone());
     let mut best: Option<(f64, Array2<f64>)> = None;
     let mut errors = Vec::new();
@@ -230,7 +222,7 @@ pub fn run_gmm(x: ArrayView2<f32>, k: usize, seed: u64, n_runs: usize, max_iter:
     }
     let Some((ll, post)) = best else {
         bail!(
-            "the Gaussian mixture failed in every run ({}); in many dimensions it is numerically fragile: try gmm.pca_dims (e.g. 16-32), a larger gmm.reg_covariance, a larger max_iter, or fewer clusters",
+            "the Gaussian mixture failed in every run ({}); in many dimensions it is numerically fragile: try pca_dims (e.g. 16-32), a larger gmm.reg_covariance, a larger max_iter, or fewer clusters",
             errors.join("; ")
         );
     };

@@ -39,6 +39,11 @@ pub struct ClusterParams {
     pub k: usize,
     pub seed: u64,
     pub scaling: Scaling,
+    /// Project the scaled features onto this many leading principal components before
+    /// clustering (0 = no projection). Unset: 32 for gmm (full covariances in hundreds of
+    /// dimensions are numerically fragile, see `algorithms`), none for the others. Density
+    /// algorithms (DBSCAN/HDBSCAN) usually also need it on Whisper embeddings.
+    pub pca_dims: Option<usize>,
     /// k-means implementation: `lloyd` (ours, GEMM-based) or `linfa`.
     pub kmeans_impl: KMeansImpl,
     /// Temperature T of the k-means memberships softmax(-d^2 / (T * mean within-cluster d^2)).
@@ -75,6 +80,7 @@ impl Default for ClusterParams {
             k: 8,
             seed: 42,
             scaling: Scaling::Standardize,
+            pca_dims: None,
             kmeans_impl: KMeansImpl::Lloyd,
             kmeans_temperature: 1.0,
             density_temperature: 1.0,
@@ -160,7 +166,17 @@ pub fn cluster_embeddings(emb: &Embeddings, p: &ClusterParams) -> Result<Cluster
         bail!("the embeddings contain NaN or infinite values");
     }
     let x = scale::scale(&x, p.scaling);
-    let raw = match p.algorithm {
+    let dims = p.pca_dims.unwrap_or(if p.algorithm == Algorithm::Gmm { 32 } else { 0 });
+    let mut pca_info = BTreeMap::new();
+    let x = if dims > 0 && dims < x.ncols() {
+        let (proj, kept) = scale::pca(&x, dims)?;
+        pca_info.insert("pca_dims".to_string(), dims as f64);
+        pca_info.insert("pca_explained_variance".to_string(), kept);
+        proj.mapv(|v| v as f32)
+    } else {
+        x
+    };
+    let mut raw = match p.algorithm {
         Algorithm::Kmeans => {
             let cfg = kmeans::KMeansConfig {
                 k: p.k,
@@ -175,6 +191,7 @@ pub fn cluster_embeddings(emb: &Embeddings, p: &ClusterParams) -> Result<Cluster
         Algorithm::Dbscan => algorithms::run_dbscan(x.view(), &p.dbscan)?,
         Algorithm::Hdbscan => algorithms::run_hdbscan(x.view(), &p.hdbscan)?,
     };
+    raw.info.extend(pca_info);
     let groups = noise::finalize(x.view(), &raw, p.noise, p.min_cluster_size, p.density_temperature)?;
     let splits = splits::make_splits(&emb.ids, &groups.cluster, groups.k, &p.fractions(), p.seed)?;
 
@@ -368,6 +385,8 @@ mod tests {
     fn gmm_recovers_blobs_in_384_dims_through_pca() {
         let (x, truth) = blobs(4, 50, 384, 1.0, 4);
         let x = scale::scale(&x, Scaling::Standardize);
+        let (x, _) = scale::pca(&x, 32).unwrap();
+        let x = x.mapv(|v| v as f32);
         let raw = algorithms::run_gmm(x.view(), 4, 42, 2, 200, &GmmParams::default()).unwrap();
         let a = metrics::ari(&truth, &hard(&raw));
         assert!(a >= 0.99, "ARI {a}");
@@ -378,8 +397,7 @@ mod tests {
     #[test]
     fn gmm_recovers_blobs_on_full_low_dims() {
         let (x, truth) = blobs(3, 60, 4, 4.0, 5);
-        let p = GmmParams { pca_dims: 0, ..GmmParams::default() };
-        let raw = algorithms::run_gmm(x.view(), 3, 42, 1, 200, &p).unwrap();
+        let raw = algorithms::run_gmm(x.view(), 3, 42, 1, 200, &GmmParams::default()).unwrap();
         assert!(metrics::ari(&truth, &hard(&raw)) >= 0.99);
     }
 
@@ -456,6 +474,26 @@ mod tests {
             assert_eq!(o.splits.ids.len(), emb.len() - dropped);
             assert_eq!(o.summary.noise_rows, n_out);
         }
+    }
+
+    #[test]
+    fn the_stage_projects_before_a_gmm_by_default() {
+        let (x, truth) = blobs(4, 40, 384, 1.0, 9);
+        let emb = embeddings(&x, &truth);
+        let p = ClusterParams {
+            algorithm: Algorithm::Gmm,
+            k: 4,
+            n_runs: 2,
+            label_column: Some("domain".into()),
+            ..Default::default()
+        };
+        let o = cluster_embeddings(&emb, &p).unwrap();
+        assert_eq!(o.summary.info.get("pca_dims"), Some(&32.0));
+        assert!(o.summary.ari.unwrap() >= 0.99, "{:?}", o.summary.ari);
+        let p = ClusterParams { algorithm: Algorithm::Kmeans, pca_dims: Some(8), ..p };
+        let o = cluster_embeddings(&emb, &p).unwrap();
+        assert_eq!(o.summary.info.get("pca_dims"), Some(&8.0));
+        assert!(o.summary.ari.unwrap() >= 0.99);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::gate::{Gate, GateConfig};
-use crate::artifacts::{CHECKPOINT_HASH, Clusters, Embeddings, GateEpochs, Splits, standard_metadata, write_dataset};
+use crate::artifacts::table::{Table, Value};
+use crate::artifacts::{CHECKPOINT_HASH, Clusters, Embeddings, Splits, standard_metadata};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -347,13 +348,18 @@ pub fn run(embeddings: &Path, clusters: &Path, splits: &Path, out: &Path, p: &Ga
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     t.gate.save_with_metadata(out, &meta)?;
-    let epochs = GateEpochs {
-        epoch: t.epochs.iter().map(|e| e.epoch as i32).collect(),
-        train_loss: t.epochs.iter().map(|e| e.train_loss as f32).collect(),
-        val_loss: t.epochs.iter().map(|e| e.val_loss as f32).collect(),
-        val_accuracy: t.epochs.iter().map(|e| e.val_accuracy as f32).collect(),
-    };
-    write_dataset(&out.join("metrics"), &[epochs.to_batch()?], &meta)?;
+    // One row per epoch; val columns are null without val rows.
+    let mut metrics = Table::default();
+    let opt = |v: f64| if v.is_finite() { Value::F(v) } else { Value::Null };
+    for e in &t.epochs {
+        metrics.push(vec![
+            ("epoch", e.epoch.into()),
+            ("train_loss", e.train_loss.into()),
+            ("val_loss", opt(e.val_loss)),
+            ("val_accuracy", opt(e.val_accuracy)),
+        ])?;
+    }
+    metrics.write(&out.join("metrics"), &meta)?;
     let best = &t.epochs[t.best];
     let finite = |v: f64| v.is_finite().then_some(v);
     let summary = GateSummary {

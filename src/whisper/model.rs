@@ -40,7 +40,15 @@ impl Proj {
     }
 
     pub fn forward(&self, x: Tensor<3>, route: Option<&Route>) -> Tensor<3> {
-        let y = burn::tensor::module::linear(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        // One [b*t, d_in] x [d_in, d_out] GEMM rather than a batched matmul that re-reads the
+        // weight for every row.
+        let [b, t, d_in] = x.dims();
+        let y = x.clone().reshape([b * t, d_in]).matmul(self.weight.val());
+        let y = match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze::<2>(),
+            None => y,
+        };
+        let y = y.reshape([b, t, self.d_out()]);
         match (&self.lora, route) {
             (Some(lora), Some(r)) => y + lora.delta(x, r),
             _ => y,
@@ -212,6 +220,9 @@ pub struct Decoder {
     pub embed_positions: Param<Tensor<2>>,
     pub layers: Vec<DecoderLayer>,
     pub layer_norm: Norm,
+    /// embed_tokens transposed once, [d, vocab] contiguous: the tied output projection. (A
+    /// transposed view would be copied by every matmul, 80 MB per decoding step for tiny.)
+    pub lm_head: Param<Tensor<2>>,
 }
 
 impl Decoder {
@@ -235,8 +246,8 @@ impl Decoder {
         }
         cache.offset += t;
         let x = self.layer_norm.forward(x); // [b, t, d]
-        let w = self.embed_tokens.val().transpose().unsqueeze::<3>(); // [1, d, vocab]
-        x.matmul(w)
+        let [b, t, d] = x.dims();
+        x.reshape([b * t, d]).matmul(self.lm_head.val()).reshape([b, t, self.lm_head.dims()[1]]) // [b, t, vocab]
     }
 
     /// Teacher-forced logits [b, t, vocab] for `tokens` [b, t] given encoder states.
@@ -294,8 +305,11 @@ impl Whisper {
                 }
             })
             .collect();
+        let embed_tokens = l.tensor("model.decoder.embed_tokens.weight", [cfg.vocab_size, d]);
+        let lm_head = Tensor::from_data(embed_tokens.clone().transpose().into_data(), l.device());
         let decoder = Decoder {
-            embed_tokens: frozen(l.tensor("model.decoder.embed_tokens.weight", [cfg.vocab_size, d])),
+            lm_head: frozen(lm_head),
+            embed_tokens: frozen(embed_tokens),
             embed_positions: frozen(l.tensor("model.decoder.embed_positions.weight", [cfg.max_target_positions, d])),
             layers: dec_layers,
             layer_norm: Norm::load(l, "model.decoder.layer_norm", d),

@@ -5,10 +5,12 @@
 
 pub mod artifacts;
 pub mod audio;
+pub mod cluster;
 pub mod dataset;
 pub mod embed;
 pub mod eval;
 pub mod experts;
+pub mod joint;
 pub mod lora;
 pub mod pipeline;
 pub mod routing;

@@ -249,6 +249,7 @@ pub fn run(
     ));
     let ckpt_dir = out.join("checkpoint");
     let mut last = (base_loss.clone(), base_wer.clone());
+    let mut steps = 0u64;
     let model = train_rows(&ck, model, &examples, &rows, k, &p.train, &ckpt_dir, &fingerprint, |m, stats| {
         let (vl, vw) = evaluate_experts(&ck, m, &mut cache, &examples, &val_rows, k, &p.eval)?;
         for e in 0..k {
@@ -269,6 +270,7 @@ pub fn run(
             fmt_list(&vw.iter().map(|v| v.map(|s| format!("{:.1}%", 100.0 * s.wer()))).collect::<Vec<_>>()),
         );
         last = (vl, vw);
+        steps = stats.steps;
         Ok(())
     })?;
 
@@ -297,6 +299,7 @@ pub fn run(
             "checkpoint_hash": ck.hash,
             "lora": p.lora,
             "adapters": (0..k).map(|e| format!("expert_{e}")).collect::<Vec<_>>(),
+            "optimizer_steps": steps,
             "summary": summary,
         }),
     )?;
@@ -306,4 +309,83 @@ pub fn run(
 
 fn fmt_list(v: &[Option<String>]) -> String {
     v.iter().map(|x| x.clone().unwrap_or_else(|| "-".into())).collect::<Vec<_>>().join(" ")
+}
+
+/// The dense baseline: one adapter trained on all expert_pretrain and joint_train utterances
+/// with the mixture's budget of optimizer steps (expert pretraining + joint training).
+pub fn run_dense(
+    model_dir: &str,
+    dataset: &Path,
+    clusters_dir: &Path,
+    experts_dir: &Path,
+    joint_dir: &Path,
+    out: &Path,
+    p: &ExpertsParams,
+) -> Result<serde_json::Value> {
+    let dev = device(&p.device)?.autodiff();
+    let ck = Checkpoint::load(model_dir, &dev)?;
+    let g = Grouping::read(clusters_dir)?;
+    g.check_checkpoint(&ck)?;
+    let experts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(experts_dir.join("experts.json"))?)?;
+    let expert_steps = experts["optimizer_steps"].as_u64().context("experts.json: no optimizer_steps")?;
+    let log = crate::artifacts::read_dataset(&joint_dir.join("log_epochs"))?.concat()?;
+    let joint_steps = crate::artifacts::columns::i64s(&log, "step")?.into_iter().max().unwrap_or(0) as u64;
+    let budget = expert_steps + joint_steps;
+
+    let train_ids: Vec<(usize, &str)> = g.split("expert_pretrain").into_iter().chain(g.split("joint_train")).collect();
+    let val = g.split("val");
+    let ds = Dataset::open(dataset, &p.columns)?;
+    let wanted: HashSet<String> = train_ids.iter().chain(&val).map(|(_, id)| id.to_string()).collect();
+    let by_id = examples_from_dataset(&ck, &ds, &wanted, p.train.leading_space, p.language.as_deref())?;
+    let examples: Vec<Example> = train_ids.iter().chain(&val).map(|(_, id)| by_id[*id].clone()).collect();
+    let rows: Vec<Row> = (0..train_ids.len()).map(|i| Row { example: i, expert: Some(0), weight: 1.0 }).collect();
+    let val_rows: Vec<(usize, Option<usize>)> = (0..val.len()).map(|i| (train_ids.len() + i, Some(0))).collect();
+
+    let steps_per_epoch =
+        rows.len().div_ceil(p.train.batch_size.max(1)).div_ceil(p.train.gradient_accumulation_steps.max(1));
+    let mut cfg = p.train.clone();
+    cfg.epochs = (budget as usize).div_ceil(steps_per_epoch.max(1)).max(1);
+    cfg.max_steps = Some(budget);
+    eprintln!(
+        "dense: {} utterances, budget {budget} optimizer steps ({expert_steps} expert pretraining + {joint_steps} joint) = {} epochs",
+        rows.len(),
+        cfg.epochs
+    );
+    let mut model = ck.model.clone();
+    dev.seed(cfg.seed);
+    model.attach_lora(&p.lora, 1, &dev)?;
+    let mut cache = EncoderCache::new(cfg.encoder_cache);
+    let (l0, w0) = evaluate_experts(&ck, &model, &mut cache, &examples, &val_rows, 1, &p.eval)?;
+    let mut metrics = Table::default();
+    let mut steps = 0;
+    let fingerprint = crate::pipeline::hash::hash_str(&format!(
+        "dense|{}|{}|{budget}|{:?}",
+        serde_json::to_string(p)?,
+        ck.hash,
+        rows
+    ));
+    let ckpt = out.join("checkpoint");
+    let model = train_rows(&ck, model, &examples, &rows, 1, &cfg, &ckpt, &fingerprint, |_, s| {
+        metrics.push(vec![
+            ("epoch", s.epoch.into()),
+            ("train_loss", s.loss.into()),
+            ("steps", (s.steps as i64).into()),
+        ])?;
+        steps = s.steps;
+        Ok(())
+    })?;
+    let (l1, w1) = evaluate_experts(&ck, &model, &mut cache, &examples, &val_rows, 1, &p.eval)?;
+    save_expert(&model, 0, &p.lora, model_dir, &out.join("adapter"))?;
+    metrics.write(&out.join("metrics"), &standard_metadata("dense", Some(&ck.hash)))?;
+    let summary = serde_json::json!({
+        "optimizer_steps": steps,
+        "budget": budget,
+        "utterances": rows.len(),
+        "val_loss_base": l0[0], "val_loss": l1[0],
+        "val_wer_base": w0[0].map(|s| s.wer()), "val_wer": w1[0].map(|s| s.wer()),
+        "checkpoint_hash": ck.hash,
+    });
+    crate::stage::write_json(&out.join("dense.json"), &summary)?;
+    std::fs::remove_dir_all(&ckpt)?;
+    Ok(summary)
 }

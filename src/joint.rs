@@ -206,7 +206,8 @@ pub struct JointData {
 
 impl JointData {
     fn emb(&self, idx: &[usize], device: &Device) -> Tensor<2> {
-        let v: Vec<f32> = idx.iter().flat_map(|&i| self.embeddings[i * self.dim..(i + 1) * self.dim].iter().copied()).collect();
+        let v: Vec<f32> =
+            idx.iter().flat_map(|&i| self.embeddings[i * self.dim..(i + 1) * self.dim].iter().copied()).collect();
         Tensor::from_data(TensorData::new(v, [idx.len(), self.dim]), device)
     }
 }
@@ -340,10 +341,14 @@ pub fn train_joint(
         let mut acc = GradMap::default();
         let mut micro = 0;
         let mut assigned_total = vec![0.0f64; m.experts()];
-        let mut progress_bar = crate::stage::Progress::new(&format!("joint epoch {}/{} ({})", epoch + 1, t.epochs, phase.name()), order.len());
+        let mut progress_bar = crate::stage::Progress::new(
+            &format!("joint epoch {}/{} ({})", epoch + 1, t.epochs, phase.name()),
+            order.len(),
+        );
         for (s, batch) in order.chunks(t.batch_size.max(1)).enumerate() {
             let prog = progress(r.temperature_unit, epoch, s, steps_per_epoch, r.topk_routing_epochs);
-            let temp = temperature(r.temperature_schedule, r.routing_temperature_start, r.routing_temperature_end, prog);
+            let temp =
+                temperature(r.temperature_schedule, r.routing_temperature_start, r.routing_temperature_end, prog);
             let bl = batch_loss(ck, &m, &mut cache, d, batch, phase, temp, prog, r, true)?;
             let total: f32 = bl.total.clone().into_scalar();
             if !total.is_finite() {
@@ -360,7 +365,8 @@ pub fn train_joint(
             if micro == t.gradient_accumulation_steps.max(1) || s + 1 == steps_per_epoch {
                 acc.scale(1.0 / micro as f32);
                 acc.clip(t.max_grad_norm);
-                let lr_of = |k: &str| if k.starts_with("gate.") || k.starts_with("noise.") { lr * gate_lr_scale } else { lr };
+                let lr_of =
+                    |k: &str| if k.starts_with("gate.") || k.starts_with("noise.") { lr * gate_lr_scale } else { lr };
                 m = opt.step_with(m, &acc, &lr_of);
                 acc = GradMap::default();
                 micro = 0;
@@ -443,7 +449,10 @@ pub fn train_joint(
             save_trainables(&m, &ckpt.join("trainables.safetensors"))?;
             opt.save(&ckpt.join("optimizer.safetensors"))?;
             std::fs::write(ckpt.join("log.json"), serde_json::to_string(&logs)?)?;
-            write_state(ckpt, &CheckpointState { epoch: epoch + 1, step: opt.step, fingerprint: fingerprint.to_string() })?;
+            write_state(
+                ckpt,
+                &CheckpointState { epoch: epoch + 1, step: opt.step, fingerprint: fingerprint.to_string() },
+            )?;
         }
     }
     Ok((m, logs, last_probs))
@@ -492,7 +501,8 @@ pub fn run(paths: &JointPaths, p: &JointParams) -> Result<()> {
     let g = Grouping::read(&paths.clusters)?;
     g.check_checkpoint(&ck)?;
     let experts_cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(paths.experts.join("experts.json")).with_context(|| format!("{}", paths.experts.display()))?,
+        &std::fs::read_to_string(paths.experts.join("experts.json"))
+            .with_context(|| format!("{}", paths.experts.display()))?,
     )?;
     let k = experts_cfg["experts"].as_u64().context("experts.json: no `experts`")? as usize;
     if k != g.experts() {
@@ -532,7 +542,9 @@ pub fn run(paths: &JointPaths, p: &JointParams) -> Result<()> {
     let mut examples = Vec::new();
     let mut embeddings = Vec::new();
     let mut push = |id: &str| -> Result<usize> {
-        let row = *emb_row.get(id).with_context(|| format!("utterance {id} has no embedding in {}", paths.embeddings.display()))?;
+        let row = *emb_row
+            .get(id)
+            .with_context(|| format!("utterance {id} has no embedding in {}", paths.embeddings.display()))?;
         examples.push(by_id[id].clone());
         embeddings.extend_from_slice(emb.row(row));
         Ok(examples.len() - 1)
@@ -547,7 +559,9 @@ pub fn run(paths: &JointPaths, p: &JointParams) -> Result<()> {
         "{}|{}|{}|{}",
         serde_json::to_string(p)?,
         ck.hash,
-        crate::pipeline::hash::hash_file(&paths.gate.join("gate.safetensors")).map(|h| format!("{h:?}")).unwrap_or_default(),
+        crate::pipeline::hash::hash_file(&paths.gate.join("gate.safetensors"))
+            .map(|h| format!("{h:?}"))
+            .unwrap_or_default(),
         experts_cfg
     ));
     let ckpt = paths.out.join("checkpoint");
@@ -567,7 +581,12 @@ pub fn run(paths: &JointPaths, p: &JointParams) -> Result<()> {
         experts: k,
         adapters: (0..k).map(|e| format!("expert_{e}")).collect(),
         top_k_experts: r.top_k_experts,
-        temperature: temperature(r.temperature_schedule, r.routing_temperature_start, r.routing_temperature_end, final_prog),
+        temperature: temperature(
+            r.temperature_schedule,
+            r.routing_temperature_start,
+            r.routing_temperature_end,
+            final_prog,
+        ),
         checkpoint_hash: ck.hash.clone(),
         base_model: paths.model.clone(),
         pooling: emb_meta.get("pooling").cloned().unwrap_or_else(|| "mean_valid".into()),
@@ -577,8 +596,10 @@ pub fn run(paths: &JointPaths, p: &JointParams) -> Result<()> {
     crate::stage::write_json(&mix.join("routing.json"), &cfg)?;
 
     let meta = standard_metadata("joint", Some(&ck.hash));
-    log_table(&logs.iter().filter(|l| l.kind == "step").cloned().collect::<Vec<_>>())?.write(&paths.out.join("log_steps"), &meta)?;
-    log_table(&logs.iter().filter(|l| l.kind == "epoch").cloned().collect::<Vec<_>>())?.write(&paths.out.join("log_epochs"), &meta)?;
+    log_table(&logs.iter().filter(|l| l.kind == "step").cloned().collect::<Vec<_>>())?
+        .write(&paths.out.join("log_steps"), &meta)?;
+    log_table(&logs.iter().filter(|l| l.kind == "epoch").cloned().collect::<Vec<_>>())?
+        .write(&paths.out.join("log_epochs"), &meta)?;
     if !data.val.is_empty() {
         let mut rt = Table::default();
         for (i, (ex, cluster)) in data.val.iter().enumerate() {

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod dataset;
 pub mod embed;
 pub mod eval;
+pub mod evaluate;
 pub mod experts;
 pub mod joint;
 pub mod lora;

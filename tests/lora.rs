@@ -253,3 +253,32 @@ fn row_loss_matches_transformers_loss() {
         assert!((loss - want).abs() < 1e-3, "{}: {loss} vs {want}", fx.id);
     }
 }
+
+#[test]
+fn rows_sharing_an_utterance_equal_separate_rows() {
+    use whisper_moe::train::{EncoderCache, losses_of_rows};
+    let dev = Device::flex();
+    dev.seed(3);
+    let ck = tiny("shared", &dev);
+    let mut m = ck.model.clone();
+    // Decoder-only adapters, cross-attention v_proj included: the shared path computes the base
+    // projections once per utterance and the adapters per row.
+    let cfg = LoraConfig {
+        dropout: 0.0,
+        target_modules: Targets::Regex(r".*decoder.*\.(q_proj|v_proj|k_proj|fc1)".into()),
+        ..all_targets()
+    };
+    m.attach_lora(&cfg, 3, &dev).unwrap();
+    randomize_b(&mut m, &dev);
+    let ex = examples(&ck);
+    let rows = [(0, Some(0)), (0, Some(1)), (1, Some(2)), (1, None), (0, Some(2))];
+    let shared: Vec<f32> =
+        losses_of_rows(&ck, &m, &mut EncoderCache::new(10), &ex, &rows, false).into_data().try_into_vec_as().unwrap();
+    for (i, &(u, e)) in rows.iter().enumerate() {
+        let enc = m.encoder.forward(ck.mel_batch(&[ck.features(&ex[u].audio)]), None);
+        let route = Route::per_row(&[e], &dev);
+        let single: f32 = row_losses(&m, enc, &[&ex[u].tokens], Some(&route)).into_scalar();
+        assert!((shared[i] - single).abs() <= 1e-5, "row {i}: {} vs {single}", shared[i]);
+    }
+    assert!((shared[0] - shared[1]).abs() > 1e-4, "experts must differ");
+}

@@ -82,4 +82,29 @@ impl MultiLora {
             None => d,
         }
     }
+
+    /// The contribution for rows that share inputs: x_u [U, T, d_in] holds each utterance once
+    /// and row i uses utterance `row_utt[i]` through its expert. x_u A_e is computed for every
+    /// (utterance, expert) pair (rank-r, cheap) instead of copying x_u per row; dropout is
+    /// drawn once per utterance and shared by its rows.
+    pub fn delta_shared(&self, x_u: Tensor<3>, row_utt: &Tensor<1, Int>, route: &Route) -> Tensor<3> {
+        let [u, t, d_in] = x_u.dims();
+        let [e, _, r] = self.a.dims();
+        let x_u = if route.train && self.dropout > 0.0 {
+            let keep = x_u.random_like(burn::tensor::Distribution::Bernoulli(1.0 - self.dropout));
+            x_u * keep / (1.0 - self.dropout)
+        } else {
+            x_u
+        };
+        let a = self.a.val().swap_dims(0, 1).reshape([d_in, e * r]); // [d_in, E*r]
+        let xa = x_u.reshape([u * t, d_in]).matmul(a).reshape([u, t, e, r]).swap_dims(1, 2).reshape([u * e, t, r]);
+        let pair = row_utt.clone() * e as i64 + route.expert.clone(); // [rows] index into U*E
+        let xa = xa.select(0, pair); // [rows, T, r]
+        let b = self.b.val().select(0, route.expert.clone()); // [rows, r, d_out]
+        let d = xa.matmul(b) * self.scale;
+        match &route.active {
+            Some(m) => d * m.clone(),
+            None => d,
+        }
+    }
 }

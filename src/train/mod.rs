@@ -69,11 +69,34 @@ pub fn teacher_forcing(seqs: &[&[u32]], pad: u32, device: &Device) -> (Tensor<2,
 
 /// Mean token cross-entropy of each row [rows] (a sequence loss L(x) per row).
 pub fn row_losses(model: &Whisper, enc: Tensor<3>, seqs: &[&[u32]], route: Option<&Route>) -> Tensor<1> {
-    let device = enc.device();
+    let mut cache = model.decoder.new_cache(enc, route);
+    losses_with_cache(model, &mut cache, seqs, route)
+}
+
+/// As [`row_losses`] for rows sharing encoder states: `enc_u` [U, 1500, d], row i reads
+/// utterance `row_utt[i]`.
+pub fn row_losses_shared(
+    model: &Whisper,
+    enc_u: Tensor<3>,
+    row_utt: &Tensor<1, Int>,
+    seqs: &[&[u32]],
+    route: Option<&Route>,
+) -> Tensor<1> {
+    let mut cache = model.decoder.new_cache_shared(enc_u, row_utt, route);
+    losses_with_cache(model, &mut cache, seqs, route)
+}
+
+fn losses_with_cache(
+    model: &Whisper,
+    cache: &mut crate::whisper::model::KvCache,
+    seqs: &[&[u32]],
+    route: Option<&Route>,
+) -> Tensor<1> {
+    let device = model.decoder.embed_tokens.val().device();
     let pad = model.config.eos_token_id;
     let (inp, lab, mask) = teacher_forcing(seqs, pad, &device);
     let [r, t] = inp.dims();
-    let logits = model.decoder.forward(inp, enc, route); // [r, t, vocab]
+    let logits = model.decoder.forward_cached(inp, cache, route); // [r, t, vocab]
     let logp = log_softmax(logits, 2);
     let nll = logp.gather(2, lab.reshape([r, t, 1])).reshape([r, t]).neg(); // [r, t]
     let counts = mask.clone().sum_dim(1).reshape([r]);
@@ -144,6 +167,8 @@ pub struct TrainConfig {
     pub leading_space: bool,
     /// Utterances whose encoder states are kept in memory.
     pub encoder_cache: usize,
+    /// Stop after this many optimizer steps (a budget; None = all epochs).
+    pub max_steps: Option<u64>,
 }
 
 impl Default for TrainConfig {
@@ -160,6 +185,7 @@ impl Default for TrainConfig {
             save_every_n_epochs: 1,
             leading_space: true,
             encoder_cache: 20_000,
+            max_steps: None,
         }
     }
 }
@@ -191,15 +217,29 @@ pub fn losses_of_rows(
     let device = model.decoder.embed_tokens.val().device();
     let route = Route::per_row(&rows.iter().map(|r| r.1).collect::<Vec<_>>(), &device).training(train);
     let exs: Vec<&Example> = rows.iter().map(|r| &examples[r.0]).collect();
-    let enc = if model.encoder_has_adapters() {
+    let seqs: Vec<&[u32]> = exs.iter().map(|e| e.tokens.as_slice()).collect();
+    if model.encoder_has_adapters() {
         let feats: Vec<Vec<f32>> = exs.iter().map(|e| ck.features(&e.audio)).collect();
         let mel = Tensor::from_data(ck.mel_batch(&feats).into_data(), &device);
-        model.encoder.forward(mel, Some(&route))
-    } else {
-        cache.states(ck, &model.encoder.valid(), &exs)
-    };
-    let seqs: Vec<&[u32]> = exs.iter().map(|e| e.tokens.as_slice()).collect();
-    row_losses(model, enc, &seqs, Some(&route))
+        let enc = model.encoder.forward(mel, Some(&route));
+        return row_losses(model, enc, &seqs, Some(&route));
+    }
+    // The encoder is shared: each utterance's states once, rows index into them.
+    let mut utts: Vec<usize> = Vec::new();
+    let row_utt: Vec<i64> = rows
+        .iter()
+        .map(|r| match utts.iter().position(|&u| u == r.0) {
+            Some(i) => i as i64,
+            None => {
+                utts.push(r.0);
+                (utts.len() - 1) as i64
+            }
+        })
+        .collect();
+    let uexs: Vec<&Example> = utts.iter().map(|&u| &examples[u]).collect();
+    let enc_u = cache.states(ck, &model.encoder.valid(), &uexs);
+    let row_utt = Tensor::<1, Int>::from_data(TensorData::new(row_utt, [rows.len()]), &device);
+    row_losses_shared(model, enc_u, &row_utt, &seqs, Some(&route))
 }
 
 /// Weighted loss of `rows`: sum_r w_r L_r / utterances, and each row's L_r.
@@ -298,7 +338,15 @@ pub fn load_trainables<M: Module>(module: M, path: &Path) -> Result<M> {
     let values = st
         .tensors()
         .into_iter()
-        .map(|(k, v)| (k, (v.shape().to_vec(), v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())))
+        .map(|(k, v)| {
+            (
+                k,
+                (
+                    v.shape().to_vec(),
+                    v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+                ),
+            )
+        })
         .collect();
     let mut r = Restore { path: Vec::new(), values, problems: Vec::new() };
     let module = module.map(&mut r);
@@ -381,6 +429,9 @@ pub fn train_rows(
         let mut micro = 0;
         let mut progress = crate::stage::Progress::new(&format!("epoch {}/{}", epoch + 1, cfg.epochs), rows.len());
         for chunk in order.chunks(per_step) {
+            if cfg.max_steps.is_some_and(|m| opt.step >= m) {
+                break;
+            }
             let batch: Vec<Row> = chunk.iter().map(|&i| rows[i]).collect();
             let (loss, losses) = rows_loss(ck, &model, &mut cache, examples, &batch, batch.len(), true);
             let value: f32 = loss.clone().into_scalar();
@@ -413,7 +464,7 @@ pub fn train_rows(
             }
             progress.inc(batch.len());
         }
-        if micro > 0 {
+        if micro > 0 && !cfg.max_steps.is_some_and(|m| opt.step >= m) {
             acc.scale(1.0 / micro as f32);
             acc.clip(cfg.max_grad_norm);
             let lr = warmup_lr(cfg.learning_rate, cfg.warmup_steps, opt.step);

@@ -39,6 +39,16 @@ impl Proj {
         self.weight.dims()[1]
     }
 
+    /// Rows that share inputs: x_u [U, T, d_in], row i reads utterance `row_utt[i]`. The base
+    /// projection runs once per utterance; only the adapters run per row.
+    pub fn forward_shared(&self, x_u: Tensor<3>, row_utt: &Tensor<1, Int>, route: Option<&Route>) -> Tensor<3> {
+        let base = self.forward(x_u.clone(), None).select(0, row_utt.clone()); // [rows, T, d_out]
+        match (&self.lora, route) {
+            (Some(lora), Some(r)) => base + lora.delta_shared(x_u, row_utt, r),
+            _ => base,
+        }
+    }
+
     pub fn forward(&self, x: Tensor<3>, route: Option<&Route>) -> Tensor<3> {
         // One [b*t, d_in] x [d_in, d_out] GEMM rather than a batched matmul that re-reads the
         // weight for every row.
@@ -103,6 +113,14 @@ impl Attention {
     /// Keys and values of `x` (the encoder states for cross-attention): [b, h, t, dh] each.
     pub fn kv(&self, x: Tensor<3>, route: Option<&Route>) -> (Tensor<4>, Tensor<4>) {
         (self.heads(self.k_proj.forward(x.clone(), route)), self.heads(self.v_proj.forward(x, route)))
+    }
+
+    /// Keys and values of per-utterance states `x_u` [U, S, d] for rows reading `row_utt`.
+    pub fn kv_shared(&self, x_u: Tensor<3>, row_utt: &Tensor<1, Int>, route: Option<&Route>) -> (Tensor<4>, Tensor<4>) {
+        (
+            self.heads(self.k_proj.forward_shared(x_u.clone(), row_utt, route)),
+            self.heads(self.v_proj.forward_shared(x_u, row_utt, route)),
+        )
     }
 
     /// Attention of queries from `x` [b, t, d] over keys/values [b, h, s, dh].
@@ -232,6 +250,17 @@ impl Decoder {
             .layers
             .iter()
             .map(|l| LayerCache { self_kv: None, cross_kv: l.encoder_attn.kv(enc.clone(), route) })
+            .collect();
+        KvCache { layers, offset: 0 }
+    }
+
+    /// A cache for rows that share encoder states: `enc_u` [U, 1500, d] holds each utterance
+    /// once and row i reads `row_utt[i]` (one utterance trained through several experts).
+    pub fn new_cache_shared(&self, enc_u: Tensor<3>, row_utt: &Tensor<1, Int>, route: Option<&Route>) -> KvCache {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LayerCache { self_kv: None, cross_kv: l.encoder_attn.kv_shared(enc_u.clone(), row_utt, route) })
             .collect();
         KvCache { layers, offset: 0 }
     }

@@ -154,9 +154,11 @@ fn assign(x: ArrayView2<f32>, x_norms: &[f32], centroids: ArrayView2<f32>) -> Pa
                 labels.push(best);
                 min_d.push(best_d.max(0.0));
                 counts[best] += 1;
-                let mut acc = sums.row_mut(best);
-                for (a, &v) in acc.iter_mut().zip(xb.row(i)) {
-                    *a += v as f64;
+                // Slices, not ndarray iterators, so that the loop vectorises.
+                let acc = &mut sums.as_slice_mut().expect("fresh array is contiguous")[best * d..(best + 1) * d];
+                match xb.row(i).as_slice() {
+                    Some(row) => acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64),
+                    None => acc.iter_mut().zip(xb.row(i)).for_each(|(a, &v)| *a += v as f64),
                 }
             }
             (labels, min_d, sums, counts)

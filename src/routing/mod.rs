@@ -2,5 +2,6 @@
 
 pub mod balance;
 pub mod curriculum;
+pub mod lab;
 pub mod schedule;
 pub mod stats;

@@ -5,6 +5,7 @@ pub mod balance;
 pub mod curriculum;
 pub mod gate;
 pub mod pretrain;
+pub mod lab;
 pub mod schedule;
 pub mod stats;
 

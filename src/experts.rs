@@ -227,7 +227,7 @@ pub fn run(
         !model.encoder_has_adapters()
     );
 
-    let mut cache = EncoderCache::new(p.train.encoder_cache);
+    let mut cache = EncoderCache::new(p.train.encoder_cache).with_cross_kv(p.train.cross_kv_cache_mb);
     let mut metrics = Table::default();
     let (base_loss, base_wer) = evaluate_experts(&ck, &model, &mut cache, &examples, &val_rows, k, &p.eval)?;
     for e in 0..k {
@@ -354,7 +354,7 @@ pub fn run_dense(
     let mut model = ck.model.clone();
     dev.seed(cfg.seed);
     model.attach_lora(&p.lora, 1, &dev)?;
-    let mut cache = EncoderCache::new(cfg.encoder_cache);
+    let mut cache = EncoderCache::new(cfg.encoder_cache).with_cross_kv(cfg.cross_kv_cache_mb);
     let (l0, w0) = evaluate_experts(&ck, &model, &mut cache, &examples, &val_rows, 1, &p.eval)?;
     let mut metrics = Table::default();
     let mut steps = 0;

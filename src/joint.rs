@@ -143,6 +143,8 @@ pub struct LogRow {
     pub selection_confidence: f64,
     pub dead_experts: usize,
     pub rescued: usize,
+    /// The least-used expert's share of the batch's utterances (rescues included).
+    pub min_usage: f64,
     pub learning_rate: f64,
     pub val_loss: Option<f64>,
     pub val_wer: Option<f64>,
@@ -159,6 +161,7 @@ impl LogRow {
         self.selection_confidence = s.selection_confidence;
         self.dead_experts = s.dead_experts;
         self.rescued = s.rescued;
+        self.min_usage = s.min_usage;
         self
     }
 }
@@ -185,6 +188,7 @@ pub fn log_table(rows: &[LogRow]) -> Result<Table> {
             ("selection_confidence", r.selection_confidence.into()),
             ("dead_experts", r.dead_experts.into()),
             ("rescued", r.rescued.into()),
+            ("min_usage", r.min_usage.into()),
             ("learning_rate", r.learning_rate.into()),
             ("val_loss", r.val_loss.into()),
             ("val_wer", r.val_wer.into()),
@@ -256,7 +260,23 @@ fn batch_loss(
     let bal = balance_loss(p.balance, probs);
     let zl = z_loss(z);
     let total = main.clone() + bal.clone() * p.load_balance_coef + zl.clone() * p.z_loss_coef;
-    let stats = routing_stats(&pv, e, &routing.assigned, p.top_k_experts, routing.rescued);
+    // Diagnostics count an assignment only when its weight matters (>= 1e-3): a collapsed
+    // top-2 gate still names a second expert with weight ~1e-20 (see routing::lab).
+    let live: Vec<Vec<usize>> = routing
+        .assigned
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let row = &pv[i * e..(i + 1) * e];
+            let denom: f32 = routing.topk[i].iter().map(|&x| row[x]).sum();
+            a.iter().copied().filter(|&x| row[x] / denom.max(1e-12) >= 1e-3).collect()
+        })
+        .collect();
+    let mut stats = routing_stats(&pv, e, &live, p.top_k_experts, routing.rescued);
+    // Usage floor actually given (rescues included): the least-used expert's share of the batch.
+    stats.min_usage = (0..e)
+        .map(|x| routing.assigned.iter().filter(|a| a.contains(&x)).count() as f64 / b as f64)
+        .fold(1.0, f64::min);
     Ok(BatchLoss {
         total,
         main: main.into_scalar::<f32>() as f64,
@@ -329,7 +349,7 @@ pub fn train_joint(
         eprintln!("resuming joint training after epoch {start} ({})", ckpt.display());
     }
     let gate_lr_scale = p.gate_learning_rate.map(|g| g / t.learning_rate).unwrap_or(1.0);
-    let mut cache = EncoderCache::new(t.encoder_cache);
+    let mut cache = EncoderCache::new(t.encoder_cache).with_cross_kv(t.cross_kv_cache_mb);
     let steps_per_epoch = d.train.len().div_ceil(t.batch_size.max(1));
     let mut last_probs = Vec::new();
     for epoch in start..t.epochs {
@@ -416,6 +436,7 @@ pub fn train_joint(
             load_topk: epoch_load,
             selection_confidence: refs.iter().map(|r| r.selection_confidence).sum::<f64>() / n,
             rescued: refs.iter().map(|r| r.rescued).sum(),
+            min_usage: refs.iter().map(|r| r.min_usage).fold(1.0, f64::min),
             learning_rate: refs.last().map(|r| r.learning_rate).unwrap_or(0.0),
             ..Default::default()
         };
@@ -427,7 +448,7 @@ pub fn train_joint(
             last_probs = probs;
         }
         eprintln!(
-            "epoch {} [{}] T={:.3} loss {:.4} balance {:.4} entropy {:.3} load {} cv {:.3} dead {} rescued {}{}",
+            "epoch {} [{}] T={:.3} loss {:.4} balance {:.4} entropy {:.3} load {} cv {:.3} dead {} rescued {} min usage {:.2}{}",
             epoch + 1,
             phase.name(),
             summary.temperature,
@@ -438,6 +459,7 @@ pub fn train_joint(
             summary.load_cv,
             summary.dead_experts,
             summary.rescued,
+            summary.min_usage,
             match (summary.val_loss, summary.val_wer) {
                 (Some(l), Some(w)) => format!("; val loss {l:.4}, val WER (top-1) {:.1}%", 100.0 * w),
                 _ => String::new(),

@@ -4,8 +4,8 @@
 pub mod balance;
 pub mod curriculum;
 pub mod gate;
-pub mod pretrain;
 pub mod lab;
+pub mod pretrain;
 pub mod schedule;
 pub mod stats;
 

@@ -22,6 +22,9 @@ pub struct RoutingStats {
     /// Experts with no top-k assignment.
     pub dead_experts: usize,
     pub rescued: usize,
+    /// The least-used expert's share of the batch's utterances (filled in by the caller, which
+    /// knows the rescues).
+    pub min_usage: f64,
 }
 
 pub fn entropy(p: &[f32], experts: usize) -> f64 {
@@ -94,6 +97,7 @@ pub fn routing_stats(p: &[f32], experts: usize, assigned: &[Vec<usize>], k: usiz
         load_topk,
         selection_confidence: confidence,
         rescued,
+        min_usage: 0.0,
     }
 }
 

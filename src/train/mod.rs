@@ -109,11 +109,78 @@ pub struct EncoderCache {
     states: HashMap<String, Tensor<2>>,
     /// Keep at most this many utterances (each is 1500 x d_model floats).
     capacity: usize,
+    /// Base (adapter-free) cross-attention keys and values per decoder layer, per utterance.
+    cross: HashMap<String, Vec<(Tensor<2>, Tensor<2>)>>,
+    /// Budget for `cross` in bytes (each utterance holds 2 x layers x 1500 x d_model floats).
+    cross_budget: usize,
 }
 
 impl EncoderCache {
     pub fn new(capacity: usize) -> EncoderCache {
-        EncoderCache { states: HashMap::new(), capacity }
+        EncoderCache { states: HashMap::new(), capacity, cross: HashMap::new(), cross_budget: 0 }
+    }
+
+    /// Also keep the decoder's base cross-attention keys/values, up to `mb` megabytes: they
+    /// depend only on frozen weights and the frozen encoder, and computing them is most of a
+    /// decoder pass over a short transcript.
+    pub fn with_cross_kv(mut self, mb: usize) -> EncoderCache {
+        self.cross_budget = mb << 20;
+        self
+    }
+
+    /// Base cross-attention (keys, values) [n, 1500, d] of each decoder layer for `examples`,
+    /// whose encoder states are `enc` [n, 1500, d]. `decoder` must be an inference copy.
+    pub fn cross_kv(
+        &mut self,
+        decoder: &crate::whisper::model::Decoder,
+        enc: &Tensor<3>,
+        examples: &[&Example],
+    ) -> Vec<(Tensor<3>, Tensor<3>)> {
+        let [_, t, d] = enc.dims();
+        let per_utt = 2 * decoder.layers.len() * t * d * 4;
+        let missing: Vec<usize> = (0..examples.len()).filter(|&i| !self.cross.contains_key(&examples[i].id)).collect();
+        let mut fresh: HashMap<usize, Vec<(Tensor<2>, Tensor<2>)>> = HashMap::new();
+        if !missing.is_empty() {
+            let device = enc.device();
+            let idx = Tensor::<1, Int>::from_data(
+                TensorData::new(missing.iter().map(|&i| i as i64).collect::<Vec<_>>(), [missing.len()]),
+                &device,
+            );
+            let x = enc.clone().select(0, idx);
+            let kv: Vec<(Tensor<3>, Tensor<3>)> = decoder
+                .layers
+                .iter()
+                .map(|l| {
+                    (l.encoder_attn.k_proj.forward(x.clone(), None), l.encoder_attn.v_proj.forward(x.clone(), None))
+                })
+                .collect();
+            for (j, &i) in missing.iter().enumerate() {
+                let one: Vec<(Tensor<2>, Tensor<2>)> = kv
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone().slice(s![j..j + 1, .., ..]).reshape([t, d]),
+                            v.clone().slice(s![j..j + 1, .., ..]).reshape([t, d]),
+                        )
+                    })
+                    .collect();
+                if (self.cross.len() + 1) * per_utt <= self.cross_budget {
+                    self.cross.insert(examples[i].id.clone(), one);
+                } else {
+                    fresh.insert(i, one);
+                }
+            }
+        }
+        (0..decoder.layers.len())
+            .map(|l| {
+                let get = |i: usize| -> &(Tensor<2>, Tensor<2>) {
+                    &self.cross.get(&examples[i].id).unwrap_or_else(|| &fresh[&i])[l]
+                };
+                let ks: Vec<Tensor<2>> = (0..examples.len()).map(|i| get(i).0.clone()).collect();
+                let vs: Vec<Tensor<2>> = (0..examples.len()).map(|i| get(i).1.clone()).collect();
+                (Tensor::stack(ks, 0), Tensor::stack(vs, 0))
+            })
+            .collect()
     }
 
     /// States [n, 1500, d] of `examples` (plain device: constants for the autodiff graph).
@@ -167,6 +234,9 @@ pub struct TrainConfig {
     pub leading_space: bool,
     /// Utterances whose encoder states are kept in memory.
     pub encoder_cache: usize,
+    /// Megabytes for the decoder's base cross-attention keys/values (per utterance: 2 x
+    /// layers x 1500 x d_model floats, 18 MB for tiny); 0 = recompute every pass.
+    pub cross_kv_cache_mb: usize,
     /// Stop after this many optimizer steps (a budget; None = all epochs).
     pub max_steps: Option<u64>,
 }
@@ -185,6 +255,7 @@ impl Default for TrainConfig {
             save_every_n_epochs: 1,
             leading_space: true,
             encoder_cache: 20_000,
+            cross_kv_cache_mb: 6144,
             max_steps: None,
         }
     }
@@ -238,8 +309,10 @@ pub fn losses_of_rows(
         .collect();
     let uexs: Vec<&Example> = utts.iter().map(|&u| &examples[u]).collect();
     let enc_u = cache.states(ck, &model.encoder.valid(), &uexs);
+    let base = cache.cross_kv(&model.decoder.valid(), &enc_u, &uexs);
     let row_utt = Tensor::<1, Int>::from_data(TensorData::new(row_utt, [rows.len()]), &device);
-    row_losses_shared(model, enc_u, &row_utt, &seqs, Some(&route))
+    let mut kv = model.decoder.new_cache_from_base(enc_u, base, &row_utt, Some(&route));
+    losses_with_cache(model, &mut kv, &seqs, Some(&route))
 }
 
 /// Weighted loss of `rows`: sum_r w_r L_r / utterances, and each row's L_r.
@@ -414,7 +487,7 @@ pub fn train_rows(
         start = s.epoch;
         eprintln!("resuming from the checkpoint after epoch {start} ({})", ckpt.display());
     }
-    let mut cache = EncoderCache::new(cfg.encoder_cache);
+    let mut cache = EncoderCache::new(cfg.encoder_cache).with_cross_kv(cfg.cross_kv_cache_mb);
     let per_step = cfg.batch_size.max(1);
     for epoch in start..cfg.epochs {
         let t0 = std::time::Instant::now();

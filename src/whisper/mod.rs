@@ -4,6 +4,7 @@
 pub mod config;
 pub mod ct2;
 pub mod decode;
+pub mod kernels;
 pub mod model;
 pub mod source;
 pub mod testing;
@@ -89,11 +90,12 @@ impl Checkpoint {
         self.mel.compute(audio)
     }
 
-    /// A batch of features as a tensor [b, n_mels, 3000].
+    /// A batch of features as a tensor [b, n_mels, 3000], on the plain (non-autodiff) device:
+    /// features are never differentiated, and plain tensors take the fast inference kernels.
     pub fn mel_batch(&self, feats: &[Vec<f32>]) -> Tensor<3> {
         let n = self.config.num_mel_bins;
         let flat: Vec<f32> = feats.iter().flatten().copied().collect();
-        Tensor::from_data(TensorData::new(flat, [feats.len(), n, N_FRAMES]), &self.device)
+        Tensor::from_data(TensorData::new(flat, [feats.len(), n, N_FRAMES]), &self.device.clone().inner())
     }
 
     pub fn is_multilingual(&self) -> bool {

@@ -3,7 +3,6 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 use burn::tensor::module::{attention, conv1d, embedding, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 
@@ -12,6 +11,24 @@ use super::weights::Loader;
 use crate::lora::{MultiLora, Route};
 
 const LN_EPS: f64 = 1e-5;
+
+/// Plain flex tensors (no autodiff, not on a GPU) take the hand-written CPU kernels.
+fn inference_on_cpu<const D: usize>(t: &Tensor<D>) -> bool {
+    !t.is_autodiff() && t.device() == Device::flex()
+}
+
+/// Exact GELU; the vectorised kernel at inference on CPU.
+fn gelu<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    if t.shape().num_elements() >= 1 << 16 && inference_on_cpu(&t) {
+        let shape = t.shape();
+        let device = t.device();
+        let mut v = t.into_data().try_into_vec::<f32>().expect("f32");
+        super::kernels::gelu_in_place(&mut v);
+        Tensor::from_data(TensorData::new(v, shape), &device)
+    } else {
+        burn::tensor::activation::gelu(t)
+    }
+}
 
 fn frozen<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
     Param::from_tensor(t).set_require_grad(false)
@@ -110,26 +127,62 @@ impl Attention {
         x.reshape([b, t, self.n_heads, d / self.n_heads]).swap_dims(1, 2)
     }
 
-    /// Keys and values of `x` (the encoder states for cross-attention): [b, h, t, dh] each.
-    pub fn kv(&self, x: Tensor<3>, route: Option<&Route>) -> (Tensor<4>, Tensor<4>) {
-        (self.heads(self.k_proj.forward(x.clone(), route)), self.heads(self.v_proj.forward(x, route)))
+    /// Keys and values of `x` (the encoder states for cross-attention): [b, s, d] each.
+    pub fn kv(&self, x: Tensor<3>, route: Option<&Route>) -> (Tensor<3>, Tensor<3>) {
+        (self.k_proj.forward(x.clone(), route), self.v_proj.forward(x, route))
     }
 
     /// Keys and values of per-utterance states `x_u` [U, S, d] for rows reading `row_utt`.
-    pub fn kv_shared(&self, x_u: Tensor<3>, row_utt: &Tensor<1, Int>, route: Option<&Route>) -> (Tensor<4>, Tensor<4>) {
-        (
-            self.heads(self.k_proj.forward_shared(x_u.clone(), row_utt, route)),
-            self.heads(self.v_proj.forward_shared(x_u, row_utt, route)),
-        )
+    pub fn kv_shared(&self, x_u: Tensor<3>, row_utt: &Tensor<1, Int>, route: Option<&Route>) -> (Tensor<3>, Tensor<3>) {
+        (self.k_proj.forward_shared(x_u.clone(), row_utt, route), self.v_proj.forward_shared(x_u, row_utt, route))
     }
 
-    /// Attention of queries from `x` [b, t, d] over keys/values [b, h, s, dh].
-    pub fn attend(&self, x: Tensor<3>, k: Tensor<4>, v: Tensor<4>, causal: bool, route: Option<&Route>) -> Tensor<3> {
+    /// Keys and values for rows from precomputed base projections `base` ([U, S, d] each) of
+    /// per-utterance states `x_u`: rows select their utterance's base, adapters add per row.
+    pub fn kv_from_base(
+        &self,
+        base: (Tensor<3>, Tensor<3>),
+        x_u: Tensor<3>,
+        row_utt: &Tensor<1, Int>,
+        route: Option<&Route>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let with = |proj: &Proj, b: Tensor<3>| {
+            let y = b.select(0, row_utt.clone());
+            match (&proj.lora, route) {
+                (Some(l), Some(r)) => y + l.delta_shared(x_u.clone(), row_utt, r),
+                _ => y,
+            }
+        };
+        (with(&self.k_proj, base.0), with(&self.v_proj, base.1))
+    }
+
+    /// Attention of queries from `x` [b, t, d] over keys/values [b, s, d].
+    pub fn attend(&self, x: Tensor<3>, k: Tensor<3>, v: Tensor<3>, causal: bool, route: Option<&Route>) -> Tensor<3> {
         let [b, t, d] = x.dims();
-        let q = self.heads(self.q_proj.forward(x, route)); // [b, h, t, dh]
-        let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
-        let o = attention(q, k, v, None, None, opts); // [b, h, t, dh]
-        self.out_proj.forward(o.swap_dims(1, 2).reshape([b, t, d]), route)
+        let s = k.dims()[1];
+        let q = self.q_proj.forward(x, route); // [b, t, d]
+        let o = if !causal && t * s >= 4096 && inference_on_cpu(&q) {
+            // Long non-causal attention at inference (the encoder, cross-attention of prompts).
+            let get = |x: Tensor<3>| x.into_data().try_into_vec::<f32>().expect("f32");
+            let dh = d / self.n_heads;
+            let o = super::kernels::attention(
+                &get(q),
+                &get(k),
+                &get(v),
+                b,
+                self.n_heads,
+                t,
+                s,
+                dh,
+                1.0 / (dh as f32).sqrt(),
+            );
+            Tensor::<3>::from_data(TensorData::new(o, [b, t, d]), &self.q_proj.weight.val().device())
+        } else {
+            let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+            let o = attention(self.heads(q), self.heads(k), self.heads(v), None, None, opts); // [b, h, t, dh]
+            o.swap_dims(1, 2).reshape([b, t, d])
+        };
+        self.out_proj.forward(o, route)
     }
 }
 
@@ -200,8 +253,9 @@ pub struct DecoderLayer {
 /// Per decoder layer: self-attention keys/values so far, and the cross-attention ones.
 #[derive(Debug, Clone)]
 pub struct LayerCache {
-    pub self_kv: Option<(Tensor<4>, Tensor<4>)>,
-    pub cross_kv: (Tensor<4>, Tensor<4>),
+    /// [b, s, d] each.
+    pub self_kv: Option<(Tensor<3>, Tensor<3>)>,
+    pub cross_kv: (Tensor<3>, Tensor<3>),
 }
 
 /// The decoder's state during incremental decoding; `reset` by building a new one.
@@ -217,7 +271,7 @@ impl DecoderLayer {
         let h = self.self_attn_layer_norm.forward(x.clone());
         let (k, v) = self.self_attn.kv(h.clone(), route);
         let (k, v) = match cache.self_kv.take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 1), Tensor::cat(vec![pv, v], 1)),
             None => (k, v),
         };
         cache.self_kv = Some((k.clone(), v.clone()));
@@ -261,6 +315,27 @@ impl Decoder {
             .layers
             .iter()
             .map(|l| LayerCache { self_kv: None, cross_kv: l.encoder_attn.kv_shared(enc_u.clone(), row_utt, route) })
+            .collect();
+        KvCache { layers, offset: 0 }
+    }
+
+    /// As `new_cache_shared`, with the base cross-attention keys/values already computed
+    /// (one (keys, values) pair [U, 1500, d] per layer).
+    pub fn new_cache_from_base(
+        &self,
+        enc_u: Tensor<3>,
+        base: Vec<(Tensor<3>, Tensor<3>)>,
+        row_utt: &Tensor<1, Int>,
+        route: Option<&Route>,
+    ) -> KvCache {
+        let layers = self
+            .layers
+            .iter()
+            .zip(base)
+            .map(|(l, b)| LayerCache {
+                self_kv: None,
+                cross_kv: l.encoder_attn.kv_from_base(b, enc_u.clone(), row_utt, route),
+            })
             .collect();
         KvCache { layers, offset: 0 }
     }

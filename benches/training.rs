@@ -1,0 +1,101 @@
+//! Training throughput on CPU with whisper-tiny.en and decoder LoRA (r 16 on q_proj/v_proj):
+//! samples (utterance x expert rows) per second for one expert, and for four experts in one
+//! batched step, with the time split into forward, backward and optimizer; peak RSS.
+//! The encoder runs once per utterance and is shared (cached), as in the stages.
+//!
+//!   WHISPER_MOE_SHARED=../shared cargo bench --bench training
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use whisper_moe::lora::{LoraConfig, Targets};
+use whisper_moe::train::{AdamW, AdamWConfig, EncoderCache, Example, GradMap, losses_of_rows};
+use whisper_moe::whisper::{Checkpoint, Task};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn peak_rss_mb() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn main() {
+    whisper_moe::tune_allocator();
+    let shared = std::env::var_os("WHISPER_MOE_SHARED").map(std::path::PathBuf::from).expect("set WHISPER_MOE_SHARED");
+    let dev = Device::flex().autodiff();
+    let ck = Checkpoint::load_dir(&shared.join("models/whisper-tiny.en"), &dev).unwrap();
+    let targets = std::env::var("LORA_TARGETS").unwrap_or_else(|_| r".*decoder.*\.(q_proj|v_proj)".into());
+    let cfg = LoraConfig { target_modules: Targets::Regex(targets.clone()), ..LoraConfig::default() };
+    let mut model = ck.model.clone();
+    dev.seed(1);
+    model.attach_lora(&cfg, 4, &dev).unwrap();
+    let text = "and he laid his hands on them and departed thence into the city";
+    let prompt = ck.prompt(None, Task::Transcribe).unwrap();
+    let examples: Vec<Example> = (0..4)
+        .map(|i| {
+            let mut tokens = prompt.clone();
+            tokens.extend(ck.tokenizer.encode(&format!(" {text}")).unwrap());
+            tokens.push(ck.tokenizer.eot);
+            Example {
+                id: format!("u{i}"),
+                audio: (0..64_000).map(|j| ((j * (i + 2)) as f32 * 0.01).sin() * 0.2).collect(),
+                tokens,
+                text: text.into(),
+            }
+        })
+        .collect();
+    let mut cache = EncoderCache::new(16).with_cross_kv(1024);
+    let mut opt = AdamW::new(AdamWConfig::default());
+    println!(
+        "whisper-tiny.en, LoRA r={} on `{targets}`, {} tokens per row, threads {}",
+        cfg.r,
+        examples[0].tokens.len() - 1,
+        rayon::current_num_threads()
+    );
+    let t = Instant::now();
+    let rows: Vec<(usize, Option<usize>)> = (0..4).map(|u| (u, Some(0))).collect();
+    let _ = losses_of_rows(&ck, &model, &mut cache, &examples, &rows, false); // fills the encoder cache
+    println!("encoder (4 utterances, once, then cached): {:.2} s", t.elapsed().as_secs_f64());
+    for (name, rows) in [
+        ("1 expert, batch 4", (0..4).map(|u| (u, Some(0))).collect::<Vec<_>>()),
+        (
+            "4 experts batched, 4 utterances x 4 experts",
+            (0..4).flat_map(|u| (0..4).map(move |e| (u, Some(e)))).collect(),
+        ),
+    ] {
+        let (mut f, mut b, mut o) = (0.0, 0.0, 0.0);
+        let reps = 4;
+        for _ in 0..reps + 1 {
+            let t0 = Instant::now();
+            let loss = losses_of_rows(&ck, &model, &mut cache, &examples, &rows, true).mean();
+            let _: f32 = loss.clone().into_scalar();
+            let t1 = Instant::now();
+            let grads = loss.backward();
+            let g = GradMap::of(&model, &grads);
+            let t2 = Instant::now();
+            model = opt.step(model, &g, 1e-4);
+            let t3 = Instant::now();
+            if opt.step > 1 {
+                f += (t1 - t0).as_secs_f64();
+                b += (t2 - t1).as_secs_f64();
+                o += (t3 - t2).as_secs_f64();
+            }
+        }
+        let step = (f + b + o) / reps as f64;
+        println!(
+            "{name}: {:.3} s per step ({} rows) = {:.1} samples/s  [forward {:.3} s, backward {:.3} s, optimizer {:.3} s]",
+            step,
+            rows.len(),
+            rows.len() as f64 / step,
+            f / reps as f64,
+            b / reps as f64,
+            o / reps as f64
+        );
+    }
+    println!("peak RSS {:.0} MB", peak_rss_mb());
+}

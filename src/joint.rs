@@ -222,17 +222,20 @@ pub enum Event<'a> {
     Epoch { log: &'a LogRow },
 }
 
-/// Loss of one batch: (main, balance, z) as tensors, the routing and the probability values.
-struct BatchLoss {
-    total: Tensor<1>,
-    main: f64,
-    balance: f64,
-    z: f64,
-    stats: RoutingStats,
+/// Loss of one batch: the total (differentiable), its parts and the routing statistics.
+pub struct BatchLoss {
+    pub total: Tensor<1>,
+    pub main: f64,
+    pub balance: f64,
+    pub z: f64,
+    pub stats: RoutingStats,
 }
 
+/// The curriculum's loss on utterances `batch` (indices into `d`) in `phase` at temperature
+/// `temp`: mean over utterances of sum over routed experts of w_e L_e, plus the balance and
+/// z-losses. `train` adds exploration noise, the rescue and dropout.
 #[allow(clippy::too_many_arguments)]
-fn batch_loss(
+pub fn batch_loss(
     ck: &Checkpoint,
     m: &Mixture,
     cache: &mut EncoderCache,

@@ -119,7 +119,15 @@ impl Gate {
             cfg.input_dim
         );
         let inv: Vec<f32> = std.iter().map(|&s| if s > 1e-12 { 1.0 / s } else { 1.0 }).collect();
-        let layers = cfg.layer_dims().into_iter().map(|(i, o)| LinearConfig::new(i, o).init(device)).collect();
+        let layers: Vec<Linear> = cfg.layer_dims().into_iter().map(|(i, o)| LinearConfig::new(i, o).init(device)).collect();
+        // burn initialises parameters lazily, on first use; draw them now, so that the values
+        // depend only on the RNG state at construction and clones share them.
+        for l in &layers {
+            let _ = l.weight.val();
+            if let Some(b) = &l.bias {
+                let _ = b.val();
+            }
+        }
         Gate { layers, mean: frozen(mean, device), inv_std: frozen(inv, device), cfg: cfg.clone() }
     }
 

@@ -1,0 +1,199 @@
+//! Joint training with a tiny random Whisper: the soft phase's loss is sum_e p_e L_e of
+//! separate single-expert passes; straight-through hard weights; the rescue floor in the
+//! training log; a run stopped in the middle of the top-k soft phase resumes exactly.
+
+mod common;
+
+use burn::prelude::*;
+use whisper_moe::joint::{Event, JointData, JointParams, Mixture, batch_loss, train_joint};
+use whisper_moe::lora::{LoraConfig, Route, Targets, trainable};
+use whisper_moe::routing::curriculum::{route, row_weights};
+use whisper_moe::routing::gate::{Gate, GateConfig};
+use whisper_moe::routing::schedule::Phase;
+use whisper_moe::train::{EncoderCache, Example, row_losses};
+use whisper_moe::whisper::{Checkpoint, Task, testing};
+
+const E: usize = 3;
+const DIM: usize = 8;
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("wm-joint-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn setup(name: &str, device: &Device) -> (Checkpoint, Mixture, JointData) {
+    let dir = tmp(name);
+    testing::write_checkpoint(&dir, 5, &[], &[]).unwrap();
+    let ck = Checkpoint::load_dir(&dir, device).unwrap();
+    device.seed(2);
+    let mut whisper = ck.model.clone();
+    let cfg = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: Targets::Regex(r".*decoder.*\.(q_proj|v_proj)".into()),
+        use_rslora: false,
+    };
+    whisper.attach_lora(&cfg, E, device).unwrap();
+    for (name, proj) in whisper.projs_mut() {
+        if let Some(l) = proj.lora.as_mut() {
+            l.b = trainable(
+                &format!("{name}.lora_B"),
+                Tensor::<3>::random(l.b.dims(), burn::tensor::Distribution::Uniform(-0.3, 0.3), device),
+            );
+        }
+    }
+    let gate = Gate::new(
+        &GateConfig { input_dim: DIM, hidden: vec![6], experts: E, activation: "gelu".into(), dropout: 0.0 },
+        vec![0.0; DIM],
+        vec![1.0; DIM],
+        device,
+    );
+    let words = ["the cat sat", "a dog ran to the house", "big red sun", "we go", "see the sky", "one two"];
+    let examples: Vec<Example> = (0..12)
+        .map(|i| {
+            let mut tokens = ck.prompt(None, Task::Transcribe).unwrap();
+            tokens.extend(ck.tokenizer.encode(words[i % words.len()]).unwrap());
+            tokens.push(ck.tokenizer.eot);
+            Example {
+                id: format!("u{i}"),
+                audio: (0..12_000).map(|j| ((j * (i + 3)) as f32 * 0.011).sin() * 0.3).collect(),
+                tokens,
+                text: words[i % words.len()].into(),
+            }
+        })
+        .collect();
+    let embeddings: Vec<f32> = (0..12 * DIM).map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0).collect();
+    let data = JointData {
+        examples,
+        embeddings,
+        dim: DIM,
+        train: (0..8).collect(),
+        val: (8..12).map(|i| (i, Some(i % E))).collect(),
+    };
+    (ck, Mixture { whisper, gate, noise: None }, data)
+}
+
+#[test]
+fn soft_phase_loss_is_the_probability_weighted_sum_of_single_expert_passes() {
+    let dev = Device::flex();
+    let (ck, m, d) = setup("soft", &dev);
+    let mut p = JointParams::default();
+    p.routing.load_balance_coef = 0.0;
+    let batch = [0usize, 3, 5, 6];
+    let temp = 1.7;
+    let bl =
+        batch_loss(&ck, &m, &mut EncoderCache::new(16), &d, &batch, Phase::Soft, temp, 0.0, &p.routing, false).unwrap();
+    // Reference: p = softmax(gate / T), and for every utterance and expert a separate pass.
+    let emb: Vec<f32> = batch.iter().flat_map(|&i| d.embeddings[i * DIM..(i + 1) * DIM].to_vec()).collect();
+    let z = m.gate.forward(Tensor::from_data(TensorData::new(emb, [batch.len(), DIM]), &dev), false);
+    let probs: Vec<f32> = burn::tensor::activation::softmax(z / temp, 1).into_data().try_into_vec_as().unwrap();
+    let mut want = 0.0f64;
+    for (j, &i) in batch.iter().enumerate() {
+        let enc = m.whisper.encoder.forward(ck.mel_batch(&[ck.features(&d.examples[i].audio)]), None);
+        for e in 0..E {
+            let l: f32 = row_losses(&m.whisper, enc.clone(), &[&d.examples[i].tokens], Some(&Route::all(e, 1, &dev)))
+                .into_scalar();
+            want += probs[j * E + e] as f64 * l as f64 / batch.len() as f64;
+        }
+    }
+    eprintln!("soft loss {} vs sum_e p_e L_e {want}", bl.main);
+    assert!((bl.main - want).abs() <= 1e-5, "{} vs {want}", bl.main);
+}
+
+#[test]
+fn topk_hard_weights_are_exactly_hard_with_the_soft_gradient() {
+    let dev = Device::flex().autodiff();
+    let z0: Vec<f32> = vec![0.3, -1.2, 2.0, 0.7, 0.1, 0.9, -0.4, 1.5, -2.0, 0.2, 0.05, 1.1];
+    let costs: Vec<f32> = (0..8).map(|i| 0.5 + i as f32 * 0.37).collect();
+    let run = |phase: Phase| {
+        let z = Tensor::<2>::from_data(TensorData::new(z0.clone(), [3, 4]), &dev).require_grad();
+        let p = burn::tensor::activation::softmax(z.clone() / 0.8, 1);
+        let pv: Vec<f32> = p.clone().into_data().try_into_vec_as().unwrap();
+        let r = route(&pv, 4, phase, 2, 0.0, 1e-4);
+        let w = row_weights(p, &r, phase, 2);
+        let c = Tensor::<1>::from_data(TensorData::new(costs[..r.rows.len()].to_vec(), [r.rows.len()]), &dev);
+        let grads = (w.clone() * c).sum().backward();
+        let wv: Vec<f32> = w.into_data().try_into_vec_as().unwrap();
+        let g: Vec<f32> = z.grad(&grads).unwrap().into_data().try_into_vec_as().unwrap();
+        (wv, g)
+    };
+    let (hard_w, hard_g) = run(Phase::TopkHard);
+    let (soft_w, soft_g) = run(Phase::TopkSoft);
+    assert!(hard_w.iter().all(|&w| w == 0.5), "forward weights must be exactly 1/k: {hard_w:?}");
+    assert!(soft_w.iter().any(|&w| (w - 0.5).abs() > 1e-3), "the soft weights differ from 1/k");
+    assert!(hard_g.iter().any(|&g| g.abs() > 1e-4), "the gate must receive a gradient");
+    assert!(common::max_abs_diff(&hard_g, &soft_g) < 1e-7, "{hard_g:?} vs {soft_g:?}");
+}
+
+fn params() -> JointParams {
+    let mut p = JointParams::default();
+    p.train.epochs = 4;
+    p.train.batch_size = 4;
+    p.train.learning_rate = 5e-3;
+    p.routing.soft_routing_epochs = 1;
+    p.routing.topk_routing_epochs = 3;
+    p.routing.top_k_experts = 1;
+    p.routing.min_expert_usage_fraction = 0.25;
+    p.routing.noise.kind = whisper_moe::routing::curriculum::NoiseKind::Gaussian;
+    p.routing.noise.std = 0.5;
+    p.eval_every_n_epochs = 2;
+    p.eval.max_new_tokens = 6;
+    p
+}
+
+fn values(m: &Mixture) -> Vec<f32> {
+    let dir = tmp("values");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("t.safetensors");
+    whisper_moe::train::save_trainables(m, &f).unwrap();
+    let bytes = std::fs::read(&f).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().iter().map(|s| s.to_string()).collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|n| {
+            st.tensor(n)
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect::<Vec<f32>>()
+        })
+        .collect()
+}
+
+#[test]
+fn the_curriculum_runs_and_a_stopped_run_resumes_to_the_same_mixture() {
+    let dev = Device::flex().autodiff();
+    let (ck, m, d) = setup("resume", &dev);
+    let p = params();
+    let (whole, logs, _) = train_joint(&ck, m.clone(), &d, &p, &tmp("ckpt-a"), "fp", |_| Ok(())).unwrap();
+    // The log shows the phases and the temperature falling; the rescue floor holds.
+    let epochs: Vec<_> = logs.iter().filter(|l| l.kind == "epoch").collect();
+    let phases: Vec<&str> = epochs.iter().map(|l| l.phase.as_str()).collect();
+    assert_eq!(phases, ["soft", "topk_soft", "topk_soft", "topk_hard"]);
+    assert!(
+        epochs.windows(2).all(|w| w[1].temperature <= w[0].temperature)
+            && epochs[3].temperature < epochs[0].temperature
+    );
+    for l in logs.iter().filter(|l| l.kind == "step" && l.phase != "soft") {
+        assert!(l.min_usage >= 0.25, "step {}: an expert has {} of the batch", l.step, l.min_usage);
+    }
+    assert!(epochs[1].val_wer.is_some() && epochs[3].val_wer.is_some());
+
+    // Stop in the middle of the top-k soft phase (epoch index 1, second step), then resume.
+    let dir = tmp("ckpt-b");
+    let stopped = train_joint(&ck, m.clone(), &d, &p, &dir, "fp", |ev| match ev {
+        Event::Step { epoch: 1, step_in_epoch: 1, .. } => anyhow::bail!("killed"),
+        _ => Ok(()),
+    });
+    assert!(stopped.is_err());
+    let (resumed, _, _) = train_joint(&ck, m, &d, &p, &dir, "fp", |_| Ok(())).unwrap();
+    let (a, b) = (values(&whole), values(&resumed));
+    let diff = common::max_abs_diff(&a, &b);
+    eprintln!("resumed vs uninterrupted mixture: max |diff| = {diff:.2e} over {} values", a.len());
+    assert!(diff <= 1e-6, "max |diff| {diff}");
+}

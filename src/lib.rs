@@ -13,6 +13,7 @@ pub mod evaluate;
 pub mod experts;
 pub mod joint;
 pub mod lora;
+pub mod mixture;
 pub mod pipeline;
 pub mod routing;
 pub mod stage;

@@ -77,9 +77,20 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct TranscribeArgs {
-    /// Hub id (e.g. openai/whisper-tiny.en) or a local directory in Hugging Face layout.
-    #[arg(long, default_value = "openai/whisper-tiny.en")]
-    model: String,
+    /// Hub id (e.g. openai/whisper-tiny.en) or a local directory in Hugging Face layout
+    /// (default: the mixture's base model, else openai/whisper-tiny.en).
+    #[arg(long)]
+    model: Option<String>,
+    /// A LoRA adapter directory in PEFT layout (one expert).
+    #[arg(long, conflicts_with = "mixture")]
+    adapter: Option<PathBuf>,
+    /// A trained mixture (stage joint's mixture/): route each file with the gate and decode
+    /// with the chosen expert; prints the expert and the gate probabilities.
+    #[arg(long)]
+    mixture: Option<PathBuf>,
+    /// One JSON object per file.
+    #[arg(long)]
+    json: bool,
     /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -221,9 +232,29 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 }
 
 fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
+    use whisper_moe::lora::Route;
     use whisper_moe::whisper::{Checkpoint, device};
     let dev = device(&args.device)?;
-    let ckpt = Checkpoint::load(&args.model, &dev)?;
+    enum Runner {
+        Plain(Checkpoint, Option<usize>),
+        Mixture(Box<whisper_moe::mixture::MixtureModel>),
+    }
+    let runner = match &args.mixture {
+        Some(dir) => {
+            Runner::Mixture(Box::new(whisper_moe::mixture::MixtureModel::load(dir, args.model.as_deref(), &dev)?))
+        }
+        None => {
+            let mut ck = Checkpoint::load(args.model.as_deref().unwrap_or("openai/whisper-tiny.en"), &dev)?;
+            let expert = match &args.adapter {
+                Some(a) => {
+                    whisper_moe::lora::peft::load_experts(&mut ck.model, std::slice::from_ref(a), &dev)?;
+                    Some(0)
+                }
+                None => None,
+            };
+            Runner::Plain(ck, expert)
+        }
+    };
     let mut failed = false;
     for chunk in args.files.chunks(args.batch_size.max(1)) {
         let mut clips = Vec::new();
@@ -240,10 +271,31 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
                 }
             }
         }
-        for (name, (text, _)) in
-            names.iter().zip(ckpt.transcribe(&clips, args.batch_size, args.max_new_tokens, None)?)
-        {
-            println!("{}\t{}", name.display(), text.trim());
+        match &runner {
+            Runner::Plain(ck, expert) => {
+                let route = expert.map(|e| Route::all(e, clips.len(), &dev));
+                let out = ck.transcribe(&clips, args.batch_size, args.max_new_tokens, route.as_ref())?;
+                for (name, (text, _)) in names.iter().zip(out) {
+                    if args.json {
+                        println!("{}", serde_json::json!({"file": name, "text": text.trim()}));
+                    } else {
+                        println!("{}\t{}", name.display(), text.trim());
+                    }
+                }
+            }
+            Runner::Mixture(m) => {
+                for (name, r) in names.iter().zip(m.transcribe(&clips, args.batch_size, args.max_new_tokens)?) {
+                    if args.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"file": name, "text": r.text, "expert": r.expert, "probs": r.probs})
+                        );
+                    } else {
+                        let p: Vec<String> = r.probs.iter().map(|p| format!("{p:.3}")).collect();
+                        println!("{}\t{}\texpert {} (p = {})", name.display(), r.text, r.expert, p.join(" "));
+                    }
+                }
+            }
         }
     }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })

@@ -119,7 +119,8 @@ impl Gate {
             cfg.input_dim
         );
         let inv: Vec<f32> = std.iter().map(|&s| if s > 1e-12 { 1.0 / s } else { 1.0 }).collect();
-        let layers: Vec<Linear> = cfg.layer_dims().into_iter().map(|(i, o)| LinearConfig::new(i, o).init(device)).collect();
+        let layers: Vec<Linear> =
+            cfg.layer_dims().into_iter().map(|(i, o)| LinearConfig::new(i, o).init(device)).collect();
         // burn initialises parameters lazily, on first use; draw them now, so that the values
         // depend only on the RNG state at construction and clones share them.
         for l in &layers {

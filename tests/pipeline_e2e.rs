@@ -1,0 +1,128 @@
+//! The whole pipeline (model, embed, cluster, gate, experts, joint, dense, evaluate) on a
+//! tiny random Whisper and a synthetic three-domain dataset; then what users do next:
+//! status, changing the clustering (only cluster and downstream rerun), transcribe with the
+//! mixture.
+
+use std::path::Path;
+use std::process::Command;
+
+use whisper_moe::audio::write_wav_i16;
+use whisper_moe::whisper::testing::{WORDS, write_checkpoint};
+
+fn tone(kind: usize, i: usize) -> Vec<f32> {
+    let n = 16_000 + 800 * (i % 5);
+    let mut s = (i as u32 + 1).wrapping_mul(2654435761);
+    (0..n)
+        .map(|j| {
+            let t = j as f32 / 16_000.0;
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let noise = (s as f32 / u32::MAX as f32 - 0.5) * [0.01, 0.3, 0.05][kind];
+            let f = [220.0, 550.0, 1300.0][kind] * (1.0 + 0.05 * (i % 3) as f32);
+            0.3 * (2.0 * std::f32::consts::PI * f * t).sin() + noise
+        })
+        .collect()
+}
+
+fn pipeline(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_pipeline")).args(args).current_dir(dir).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn ran(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("▶ running "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
+    let dir = std::env::temp_dir().join(format!("wm-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data/audio")).unwrap();
+    write_checkpoint(&dir.join("tiny-model"), 21, &[], &[]).unwrap();
+    let mut csv = String::from("file_name,transcription,domain\n");
+    for kind in 0..3 {
+        for i in 0..8 {
+            let f = format!("audio/d{kind}_{i}.wav");
+            write_wav_i16(&dir.join("data").join(&f), &[tone(kind, i)], 16_000).unwrap();
+            let words: Vec<&str> = (0..3 + i % 3).map(|w| WORDS[(kind * 7 + i * 3 + w) % WORDS.len()]).collect();
+            csv.push_str(&format!("{f},{},domain{kind}\n", words.join(" ")));
+        }
+    }
+    std::fs::write(dir.join("data/metadata.csv"), csv).unwrap();
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
+    // The demo manifest itself, with short training for the tiny model.
+    let manifest = manifest
+        .replace("data: data/demo", "data: data")
+        .replace("model: openai/whisper-tiny.en", "model: tiny-model")
+        .replace("k: 6", "k: 3")
+        .replace("      epochs: 3\n", "      epochs: 1\n")
+        .replace("      epochs: 4\n", "      epochs: 3\n")
+        .replace("max_new_tokens: 64", "max_new_tokens: 8")
+        .replace("min_cluster_size: 10", "min_cluster_size: 2");
+    assert!(manifest.contains("k: 3") && manifest.contains("model: tiny-model"));
+    std::fs::write(dir.join("pipeline.yaml"), &manifest).unwrap();
+
+    let (ok, out, err) = pipeline(&dir, &["run", "all"]);
+    assert!(ok, "pipeline run all failed:\n{err}\n{out}");
+    assert_eq!(ran(&err), ["model", "embed", "cluster", "gate", "experts", "joint", "dense", "evaluate"]);
+    for f in [
+        "artifacts/embeddings/part-00000.parquet",
+        "artifacts/clusters/summary.json",
+        "artifacts/gate/gate.safetensors",
+        "artifacts/experts/expert_2/adapter_model.safetensors",
+        "artifacts/joint/mixture/routing.json",
+        "artifacts/joint/log_steps/part-00000.parquet",
+        "artifacts/joint/routing/part-00000.parquet",
+        "artifacts/dense/adapter/adapter_config.json",
+        "artifacts/evaluate/predictions/part-00000.parquet",
+        "artifacts/evaluate/report/index.html",
+        "artifacts/evaluate/report/plots/wer_by_group.png",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("artifacts/evaluate/metrics.json")).unwrap()).unwrap();
+    let systems: Vec<&str> =
+        metrics["results"].as_array().unwrap().iter().map(|r| r["system"].as_str().unwrap()).collect();
+    assert_eq!(systems, ["base", "mixture", "oracle", "dense", "base", "mixture", "oracle", "dense"]);
+    assert!(err.contains("wall time") && err.contains("total"), "the runner prints wall times");
+
+    let (_, status, _) = pipeline(&dir, &["status"]);
+    assert!(status.contains("everything is up to date"), "{status}");
+    let (_, shown, _) = pipeline(&dir, &["show", "artifacts/clusters/clusters", "-n", "3"]);
+    assert!(shown.contains("probs: FixedSizeList<Float32, 3>") && shown.contains("first 3 rows"), "{shown}");
+
+    // Changing the clustering reruns cluster and everything downstream, not embed.
+    std::fs::write(dir.join("pipeline.yaml"), manifest.replace("k: 3", "k: 2")).unwrap();
+    let (_, status, _) = pipeline(&dir, &["status"]);
+    assert!(status.contains("params cluster.k changed 3 -> 2"), "{status}");
+    let (ok, out, err) = pipeline(&dir, &["run", "all"]);
+    assert!(ok, "{err}\n{out}");
+    assert_eq!(ran(&err), ["cluster", "gate", "experts", "joint", "dense", "evaluate"]);
+
+    // Transcribe new audio with the mixture: transcript, chosen expert and gate probabilities.
+    let (ok, out, err) = pipeline(
+        &dir,
+        &["transcribe", "--mixture", "artifacts/joint/mixture", "--json", "data/audio/d0_1.wav", "data/audio/d2_3.wav"],
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        let p: Vec<f64> = l["probs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(p.len(), 2);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4);
+        let e = l["expert"].as_u64().unwrap() as usize;
+        assert!(p[e] >= p[1 - e], "the chosen expert has the highest probability");
+        assert!(l["text"].is_string());
+    }
+}

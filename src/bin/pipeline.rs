@@ -68,6 +68,35 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write an adapter with random (non-zero) A and B in PEFT layout (interop checks).
+    #[command(hide = true)]
+    LoraRandom {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        r: usize,
+        #[arg(long, default_value = "q_proj,v_proj")]
+        targets: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Teacher-forced logits [tokens, vocab] as raw little-endian f32 (interop checks).
+    #[command(hide = true)]
+    Logits {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        audio: PathBuf,
+        /// Comma-separated decoder input ids.
+        #[arg(long)]
+        tokens: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Model checkpoints.
     Model {
         #[command(subcommand)]
@@ -212,6 +241,53 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Transcribe(args) => transcribe(args),
+        Cmd::LoraRandom { model, out, r, targets, seed } => {
+            use burn::prelude::*;
+            let dev = Device::flex();
+            let mut ck = whisper_moe::whisper::Checkpoint::load(&model, &dev)?;
+            dev.seed(seed);
+            let cfg = whisper_moe::lora::LoraConfig {
+                r,
+                alpha: 2.0 * r as f64,
+                dropout: 0.0,
+                target_modules: whisper_moe::lora::Targets::Names(targets.split(',').map(str::to_string).collect()),
+                use_rslora: false,
+            };
+            ck.model.attach_lora(&cfg, 1, &dev)?;
+            for (name, proj) in ck.model.projs_mut() {
+                if let Some(l) = proj.lora.as_mut() {
+                    let b = Tensor::<3>::random(l.b.dims(), burn::tensor::Distribution::Uniform(-0.05, 0.05), &dev);
+                    l.b = whisper_moe::lora::trainable(&format!("{name}.lora_B"), b);
+                }
+            }
+            whisper_moe::lora::peft::save_expert(&ck.model, 0, &cfg, &model, &out)?;
+            eprintln!("random adapter written to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Logits { model, adapter, audio, tokens, out } => {
+            use burn::prelude::*;
+            let dev = Device::flex();
+            let mut ck = whisper_moe::whisper::Checkpoint::load(&model, &dev)?;
+            let route = match &adapter {
+                Some(a) => {
+                    whisper_moe::lora::peft::load_experts(&mut ck.model, std::slice::from_ref(a), &dev)?;
+                    Some(whisper_moe::lora::Route::all(0, 1, &dev))
+                }
+                None => None,
+            };
+            let ids: Vec<i64> = tokens.split(',').map(|t| t.trim().parse()).collect::<std::result::Result<_, _>>()?;
+            let samples = whisper_moe::audio::load_16k(&audio)?.samples;
+            let t = ids.len();
+            let tok = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, t]), &dev);
+            let logits: Vec<f32> = ck
+                .model
+                .forward(ck.mel_batch(&[ck.features(&samples)]), tok, route.as_ref())
+                .into_data()
+                .try_into_vec_as()?;
+            std::fs::write(&out, logits.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+            eprintln!("logits [{t}, {}] written to {}", logits.len() / t, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::InteropSamples { out } => {
             whisper_moe::artifacts::samples::write_samples(&out)?;
             eprintln!("samples written to {}", out.display());

@@ -7,7 +7,7 @@
 //!
 //! Data: 8 Gaussian blobs, centres N(0, 0.15^2) per dimension, unit noise, from a ChaCha8
 //! generator with seed 0; written as float32 .npy to $KMEANS_BENCH_DATA (default
-//! /tmp/whisper-moe-kmeans-<rows>x384.npy) for the Python script.
+//! $TMPDIR/whisper-moe-kmeans-<rows>x384.npy) for the Python script.
 //!
 //!     cargo bench --bench kmeans                        # both implementations
 //!     KMEANS_BENCH_IMPLS=lloyd KMEANS_BENCH_ROWS=20000 cargo bench --bench kmeans

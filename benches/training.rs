@@ -97,5 +97,66 @@ fn main() {
             o / reps as f64
         );
     }
+    joint(&ck, &examples);
     println!("peak RSS {:.0} MB", peak_rss_mb());
+}
+
+/// Joint training steps per phase: 6 experts, a gate MLP 384 -> 256 -> 6, batch of 4
+/// utterances, k = 2; with the encoder caches warm (epochs after the first) and cold (every
+/// step encodes, as the first epoch does).
+fn joint(ck: &Checkpoint, examples: &[Example]) {
+    use whisper_moe::joint::{JointData, JointParams, Mixture, batch_loss};
+    use whisper_moe::routing::gate::{Gate, GateConfig};
+    use whisper_moe::routing::schedule::Phase;
+    let dev = ck.device.clone();
+    let e = 6;
+    let mut whisper = ck.model.clone();
+    dev.seed(2);
+    let cfg =
+        LoraConfig { target_modules: Targets::Regex(r".*decoder.*\.(q_proj|v_proj)".into()), ..LoraConfig::default() };
+    whisper.attach_lora(&cfg, e, &dev).unwrap();
+    let d = ck.config.d_model;
+    let gate = Gate::new(
+        &GateConfig { input_dim: d, hidden: vec![256], experts: e, activation: "gelu".into(), dropout: 0.1 },
+        vec![0.0; d],
+        vec![1.0; d],
+        &dev,
+    );
+    let mut m = Mixture { whisper, gate, noise: None };
+    let data = JointData {
+        examples: examples.to_vec(),
+        embeddings: (0..examples.len() * d).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect(),
+        dim: d,
+        train: (0..examples.len()).collect(),
+        val: vec![],
+    };
+    let p = JointParams::default();
+    let mut opt = AdamW::new(AdamWConfig::default());
+    let batch: Vec<usize> = (0..4).collect();
+    for (phase, name) in [(Phase::Soft, "soft"), (Phase::TopkSoft, "topk_soft"), (Phase::TopkHard, "topk_hard")] {
+        for warm in [true, false] {
+            let mut cache = EncoderCache::new(16).with_cross_kv(1024);
+            let reps = 3;
+            let mut secs = 0.0;
+            for r in 0..reps + 1 {
+                if !warm {
+                    cache = EncoderCache::new(16).with_cross_kv(1024);
+                }
+                let t = Instant::now();
+                let bl = batch_loss(ck, &m, &mut cache, &data, &batch, phase, 1.0, 0.5, &p.routing, true).unwrap();
+                let g = GradMap::of(&m, &bl.total.backward());
+                m = opt.step(m, &g, 1e-4);
+                if r > 0 {
+                    secs += t.elapsed().as_secs_f64();
+                }
+            }
+            let step = secs / reps as f64;
+            println!(
+                "joint {name:<9} ({}): {:.2} s per step of 4 utterances = {:.2} utterances/s",
+                if warm { "encoder cached" } else { "encoder in the step" },
+                step,
+                4.0 / step
+            );
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 Run the Rust bench first (it writes the data as float32 .npy):
     cargo bench --bench kmeans
-    python3 scripts/bench_kmeans_sklearn.py [/tmp/whisper-moe-kmeans-100000x384.npy]
+    python3 scripts/bench_kmeans_sklearn.py [$TMPDIR/whisper-moe-kmeans-100000x384.npy]
 
 Configuration, as in the Rust bench: k = 8, k-means++ seeding, n_init 3, max_iter 50,
 tol 0 (stop only when the labels no longer change), algorithm "lloyd", float32 data.

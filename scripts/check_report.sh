@@ -15,8 +15,8 @@
 # that the page needs nothing from outside.
 #
 # To check the synthetic report the unit tests build:
-#   WHISPER_MOE_KEEP_REPORT=/tmp/report cargo nextest run --release -E 'test(synthetic_report)'
-#   scripts/check_report.sh /tmp/report
+#   WHISPER_MOE_KEEP_REPORT=$PWD/synthetic-report cargo nextest run --release -E 'test(synthetic_report)'
+#   scripts/check_report.sh synthetic-report
 set -euo pipefail
 
 dir=${1:?usage: $0 REPORT_DIR [SCREENSHOT.png]}

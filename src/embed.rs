@@ -134,6 +134,18 @@ pub struct EmbedSummary {
     pub rejected_by_reason: BTreeMap<String, usize>,
     pub seconds: f64,
     pub clips_per_second: f64,
+    /// Peak resident memory of the process (VmHWM), MB.
+    pub peak_rss_mb: f64,
+}
+
+/// The process's peak resident set size in MB (Linux; 0 elsewhere).
+pub fn peak_rss_mb() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 /// Embed every row of `ds` (or a shard of it) into `out`; rejected rows go to `rejected_out`.
@@ -236,6 +248,7 @@ pub fn embed(
         rejected_by_reason: by_reason,
         seconds: secs,
         clips_per_second: range.len() as f64 / secs.max(1e-9),
+        peak_rss_mb: peak_rss_mb(),
     })
 }
 

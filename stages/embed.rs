@@ -43,8 +43,8 @@ fn main() -> Result<()> {
     let ck = Checkpoint::load(&args.model, &device(&p.device)?)?;
     let s = embed(&ck, &ds, &p, &args.out, &args.rejected, args.shard, &args.model)?;
     eprintln!(
-        "embedded {} of {} utterances in {:.1} s ({:.2} clips/s); rejected {} {:?}",
-        s.embedded, s.rows, s.seconds, s.clips_per_second, s.rejected, s.rejected_by_reason
+        "embedded {} of {} utterances in {:.1} s ({:.2} clips/s, peak RSS {:.0} MB); rejected {} {:?}",
+        s.embedded, s.rows, s.seconds, s.clips_per_second, s.peak_rss_mb, s.rejected, s.rejected_by_reason
     );
     Ok(())
 }

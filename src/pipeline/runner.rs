@@ -1,6 +1,6 @@
 //! `pipeline run`: run stale stages in dependency order, several at a time with `-j`.
 //!
-//! A stage writes its outs into `.pipeline/tmp/STAGE/` (the runner rewrites the out paths in
+//! A stage writes its outs into `.pipeline/staging/STAGE/` (the runner rewrites the out paths in
 //! its command) and they are moved into place only when it succeeds; the lock entry is written
 //! after that. A stage that fails or is killed therefore leaves the previous outs and the lock
 //! as they were, and what it staged stays for it to resume from.
@@ -56,7 +56,7 @@ impl Paths {
         self.state.join("logs").join(format!("{stage}.log"))
     }
     pub fn staging(&self, stage: &str) -> PathBuf {
-        self.state.join("tmp").join(stage)
+        self.state.join("staging").join(stage)
     }
 }
 
@@ -228,7 +228,7 @@ fn prepare(m: &Manifest, paths: &Paths, stage: &Stage, _fp: &StageLock) -> Resul
             staged.push(StagedOut { out, staged: Some(st), backup: None });
         } else {
             let backup = if out.exists() {
-                let b = paths.state.join("tmp").join(format!("{}.backup", stage.name)).join(&o.path);
+                let b = paths.state.join("staging").join(format!("{}.backup", stage.name)).join(&o.path);
                 if let Some(parent) = b.parent() {
                     fs::create_dir_all(parent)?;
                 }
@@ -330,7 +330,7 @@ fn commit_outs(
             bail!("the stage succeeded but did not write its out {}", rel(m, &s.out));
         }
     }
-    let trash = paths.state.join("tmp").join(format!("{}.old", stage.name));
+    let trash = paths.state.join("staging").join(format!("{}.old", stage.name));
     remove_any(&trash)?;
     for s in staged {
         if let Some(st) = &s.staged {
@@ -347,7 +347,7 @@ fn commit_outs(
     }
     remove_any(&trash)?;
     remove_any(&paths.staging(&stage.name))?;
-    remove_any(&paths.state.join("tmp").join(format!("{}.backup", stage.name)))?;
+    remove_any(&paths.state.join("staging").join(format!("{}.backup", stage.name)))?;
     entry.outs = Vec::new();
     for o in &stage.outs {
         let hash = cache.hash_path(&m.root.join(&o.path))?.context("out vanished")?;

@@ -15,15 +15,6 @@ use whisper_moe::whisper::{Checkpoint, Task};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn peak_rss_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 fn main() {
     whisper_moe::tune_allocator();
     let shared = std::env::var_os("WHISPER_MOE_SHARED").map(std::path::PathBuf::from).expect("set WHISPER_MOE_SHARED");
@@ -98,7 +89,7 @@ fn main() {
         );
     }
     joint(&ck, &examples);
-    println!("peak RSS {:.0} MB", peak_rss_mb());
+    println!("peak RSS {:.0} MB", whisper_moe::embed::peak_rss_mb());
 }
 
 /// Joint training steps per phase: 6 experts, a gate MLP 384 -> 256 -> 6, batch of 4

@@ -134,36 +134,11 @@ pub struct LogRow {
     pub main_loss: f64,
     pub balance_loss: f64,
     pub z_loss: f64,
-    pub entropy: f64,
-    pub importance: Vec<f64>,
-    pub load_top1: Vec<f64>,
-    pub load_topk: Vec<f64>,
-    pub load_cv: f64,
-    pub load_gini: f64,
-    pub selection_confidence: f64,
-    pub dead_experts: usize,
-    pub rescued: usize,
-    /// The least-used expert's share of the batch's utterances (rescues included).
-    pub min_usage: f64,
+    #[serde(flatten)]
+    pub stats: RoutingStats,
     pub learning_rate: f64,
     pub val_loss: Option<f64>,
     pub val_wer: Option<f64>,
-}
-
-impl LogRow {
-    fn with_stats(mut self, s: &RoutingStats) -> LogRow {
-        self.entropy = s.entropy;
-        self.importance = s.importance.clone();
-        self.load_top1 = s.load_top1.clone();
-        self.load_topk = s.load_topk.clone();
-        self.load_cv = s.load_cv;
-        self.load_gini = s.load_gini;
-        self.selection_confidence = s.selection_confidence;
-        self.dead_experts = s.dead_experts;
-        self.rescued = s.rescued;
-        self.min_usage = s.min_usage;
-        self
-    }
 }
 
 pub fn log_table(rows: &[LogRow]) -> Result<Table> {
@@ -179,16 +154,16 @@ pub fn log_table(rows: &[LogRow]) -> Result<Table> {
             ("main_loss", r.main_loss.into()),
             ("balance_loss", r.balance_loss.into()),
             ("z_loss", r.z_loss.into()),
-            ("entropy", r.entropy.into()),
-            ("importance", v(&r.importance)),
-            ("load_top1", v(&r.load_top1)),
-            ("load_topk", v(&r.load_topk)),
-            ("load_cv", r.load_cv.into()),
-            ("load_gini", r.load_gini.into()),
-            ("selection_confidence", r.selection_confidence.into()),
-            ("dead_experts", r.dead_experts.into()),
-            ("rescued", r.rescued.into()),
-            ("min_usage", r.min_usage.into()),
+            ("entropy", r.stats.entropy.into()),
+            ("importance", v(&r.stats.importance)),
+            ("load_top1", v(&r.stats.load_top1)),
+            ("load_topk", v(&r.stats.load_topk)),
+            ("load_cv", r.stats.load_cv.into()),
+            ("load_gini", r.stats.load_gini.into()),
+            ("selection_confidence", r.stats.selection_confidence.into()),
+            ("dead_experts", r.stats.dead_experts.into()),
+            ("rescued", r.stats.rescued.into()),
+            ("min_usage", r.stats.min_usage.into()),
             ("learning_rate", r.learning_rate.into()),
             ("val_loss", r.val_loss.into()),
             ("val_wer", r.val_wer.into()),
@@ -363,7 +338,6 @@ pub fn train_joint(
         let mut epoch_rows: Vec<LogRow> = Vec::new();
         let mut acc = GradMap::default();
         let mut micro = 0;
-        let mut assigned_total = vec![0.0f64; m.experts()];
         let mut progress_bar = crate::stage::Progress::new(
             &format!("joint epoch {}/{} ({})", epoch + 1, t.epochs, phase.name()),
             order.len(),
@@ -394,9 +368,6 @@ pub fn train_joint(
                 acc = GradMap::default();
                 micro = 0;
             }
-            for (e, l) in bl.stats.load_topk.iter().enumerate() {
-                assigned_total[e] += l;
-            }
             let row = LogRow {
                 kind: "step".into(),
                 epoch: epoch + 1,
@@ -407,9 +378,9 @@ pub fn train_joint(
                 balance_loss: bl.balance,
                 z_loss: bl.z,
                 learning_rate: lr,
+                stats: bl.stats.clone(),
                 ..Default::default()
-            }
-            .with_stats(&bl.stats);
+            };
             hook(Event::Step { epoch, step_in_epoch: s, log: &row })?;
             if p.log_every_n_steps > 0 && (s + 1) % p.log_every_n_steps == 0 {
                 logs.push(row.clone());
@@ -420,7 +391,7 @@ pub fn train_joint(
         progress_bar.finish();
         let refs: Vec<&LogRow> = epoch_rows.iter().collect();
         let n = refs.len().max(1) as f64;
-        let epoch_load: Vec<f64> = mean_vec(&refs, |r| &r.load_topk);
+        let epoch_load: Vec<f64> = mean_vec(&refs, |r| &r.stats.load_topk);
         let mut summary = LogRow {
             kind: "epoch".into(),
             epoch: epoch + 1,
@@ -430,16 +401,18 @@ pub fn train_joint(
             main_loss: refs.iter().map(|r| r.main_loss).sum::<f64>() / n,
             balance_loss: refs.iter().map(|r| r.balance_loss).sum::<f64>() / n,
             z_loss: refs.iter().map(|r| r.z_loss).sum::<f64>() / n,
-            entropy: refs.iter().map(|r| r.entropy).sum::<f64>() / n,
-            importance: mean_vec(&refs, |r| &r.importance),
-            load_top1: mean_vec(&refs, |r| &r.load_top1),
-            load_cv: crate::routing::stats::cv(&epoch_load),
-            load_gini: crate::routing::stats::gini(&epoch_load),
-            dead_experts: epoch_load.iter().filter(|&&l| l == 0.0).count(),
-            load_topk: epoch_load,
-            selection_confidence: refs.iter().map(|r| r.selection_confidence).sum::<f64>() / n,
-            rescued: refs.iter().map(|r| r.rescued).sum(),
-            min_usage: refs.iter().map(|r| r.min_usage).fold(1.0, f64::min),
+            stats: RoutingStats {
+                entropy: refs.iter().map(|r| r.stats.entropy).sum::<f64>() / n,
+                importance: mean_vec(&refs, |r| &r.stats.importance),
+                load_top1: mean_vec(&refs, |r| &r.stats.load_top1),
+                load_cv: crate::routing::stats::cv(&epoch_load),
+                load_gini: crate::routing::stats::gini(&epoch_load),
+                dead_experts: epoch_load.iter().filter(|&&l| l == 0.0).count(),
+                load_topk: epoch_load,
+                selection_confidence: refs.iter().map(|r| r.stats.selection_confidence).sum::<f64>() / n,
+                rescued: refs.iter().map(|r| r.stats.rescued).sum(),
+                min_usage: refs.iter().map(|r| r.stats.min_usage).fold(1.0, f64::min),
+            },
             learning_rate: refs.last().map(|r| r.learning_rate).unwrap_or(0.0),
             ..Default::default()
         };
@@ -457,12 +430,12 @@ pub fn train_joint(
             summary.temperature,
             summary.main_loss,
             summary.balance_loss,
-            summary.entropy,
-            summary.load_topk.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>().join("/"),
-            summary.load_cv,
-            summary.dead_experts,
-            summary.rescued,
-            summary.min_usage,
+            summary.stats.entropy,
+            summary.stats.load_topk.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>().join("/"),
+            summary.stats.load_cv,
+            summary.stats.dead_experts,
+            summary.stats.rescued,
+            summary.stats.min_usage,
             match (summary.val_loss, summary.val_wer) {
                 (Some(l), Some(w)) => format!("; val loss {l:.4}, val WER (top-1) {:.1}%", 100.0 * w),
                 _ => String::new(),

@@ -180,7 +180,7 @@ fn the_curriculum_runs_and_a_stopped_run_resumes_to_the_same_mixture() {
             && epochs[3].temperature < epochs[0].temperature
     );
     for l in logs.iter().filter(|l| l.kind == "step" && l.phase != "soft") {
-        assert!(l.min_usage >= 0.25, "step {}: an expert has {} of the batch", l.step, l.min_usage);
+        assert!(l.stats.min_usage >= 0.25, "step {}: an expert has {} of the batch", l.step, l.stats.min_usage);
     }
     assert!(epochs[1].val_wer.is_some() && epochs[3].val_wer.is_some());
 

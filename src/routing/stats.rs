@@ -1,9 +1,9 @@
 //! Routing statistics for logs and diagnostics, on plain numbers (probabilities [B, E]
 //! row-major, natural logarithms).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RoutingStats {
     /// Mean over utterances of -sum_e p log p.
     pub entropy: f64,

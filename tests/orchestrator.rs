@@ -278,3 +278,137 @@ fn malformed_manifests_are_refused_with_key_and_line() {
         "cluster.k",
     );
 }
+
+impl Out {
+    /// Stages the runner restored from the run cache, in order.
+    fn restored(&self) -> Vec<String> {
+        self.stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("↺ restored "))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// The run cache entries of a stage whose run.yaml contains `needle`.
+fn cache_entries(t: &Toy, stage: &str, needle: &str) -> Vec<PathBuf> {
+    let dir = t.path(&format!(".pipeline/runs/{stage}"));
+    let mut found = Vec::new();
+    for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let p = e.unwrap().path();
+        if fs::read_to_string(p.join("run.yaml")).unwrap().contains(needle) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[test]
+fn run_cache_restores_earlier_outputs() {
+    let t = Toy::new("runcache", TOY);
+    t.run(&["all"]);
+    let (c6, d6) = (t.read("out_c.txt"), t.read("out_d.txt"));
+    t.edit_manifest("c: {k: 6,", "c: {k: 8,");
+    assert_eq!(t.run(&["all"]).ran(), ["c", "d"]);
+    let (c8, d8) = (t.read("out_c.txt"), t.read("out_d.txt"));
+    assert_ne!(c6, c8);
+
+    // Going back to k = 6: nothing runs; c and d come back as they were, and are up to date.
+    t.edit_manifest("c: {k: 8,", "c: {k: 6,");
+    let dry = t.run(&["all", "--dry-run"]);
+    assert!(dry.stdout.contains("would run c: params c.k changed 8 -> 6; an earlier run"), "{}", dry.stdout);
+    let out = t.run(&["all"]);
+    assert!(out.ran().is_empty(), "{}", out.stderr);
+    assert_eq!(out.restored(), ["c", "d"]);
+    assert_eq!((t.read("out_c.txt"), t.read("out_d.txt")), (c6.clone(), d6));
+    assert!(t.pipeline(&["status"]).stdout.contains("everything is up to date"));
+
+    // An entry modified in place is never restored: it is dropped and the stage runs. Its
+    // output is the same as before, so d (same inputs as its k = 8 run) is restored.
+    let entries = cache_entries(&t, "c", "k: 8");
+    assert_eq!(entries.len(), 1);
+    fs::write(entries[0].join("outs/out_c.txt"), "damaged\n").unwrap();
+    t.edit_manifest("c: {k: 6,", "c: {k: 8,");
+    let out = t.run(&["all"]);
+    assert!(out.stderr.contains("run cache entry of c not used"), "{}", out.stderr);
+    assert_eq!(out.ran(), ["c"]);
+    assert_eq!(out.restored(), ["d"]);
+    assert_eq!((t.read("out_c.txt"), t.read("out_d.txt")), (c8, d8));
+
+    // --no-run-cache runs them; a deleted out with unchanged inputs is run, not restored.
+    t.edit_manifest("c: {k: 8,", "c: {k: 6,");
+    assert_eq!(t.run(&["all", "--no-run-cache"]).ran(), ["c", "d"]);
+    assert_eq!(t.read("out_c.txt"), c6);
+    fs::remove_file(t.path("out_c.txt")).unwrap();
+    assert_eq!(t.run(&["all"]).ran(), ["c"]);
+
+    // The runs' outs are hard links while they are the current outs: no extra space.
+    let list = t.pipeline(&["cache", "list"]).stdout;
+    assert!(list.lines().any(|l| l.starts_with("c ") && l.contains(" 2 runs")), "{list}");
+    let cleared = t.pipeline(&["cache", "clear", "c"]).stdout;
+    assert!(cleared.contains("deleted 2 stored runs"), "{cleared}");
+    assert!(!t.path(".pipeline/runs/c").exists() && t.path(".pipeline/runs/d").exists());
+}
+
+/// A stage whose metric is c's k squared, computed by the stage from its params file.
+const SCORE: &str = r#"  score:
+    cmd: >-
+      k=$(sed -n 's/.*"k": \([0-9]*\).*/\1/p' $PIPELINE_PARAMS);
+      echo "{\"score\": $((k*k))}" > score.json
+    deps: [out_c.txt]
+    params: c
+    metrics: [score.json]
+"#;
+
+#[test]
+fn sweep_runs_every_variant_and_compares_metrics() {
+    let manifest = TOY.replace("    outs: [out_c.txt]\n", &format!("    outs: [out_c.txt]\n{SCORE}"));
+    let t = Toy::new("sweep", &manifest);
+    t.run(&["all"]);
+    assert_eq!(t.read("score.json").trim(), r#"{"score": 36}"#);
+    let before = t.read("out_c.txt");
+
+    let out = t.pipeline(&["sweep", "--set", "c.k=2,3", "--set", "c.algorithm=gmm,kmeans"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Four variants; a and b never rerun (their inputs do not change); the base comes back from
+    // the run cache.
+    let ran = out.ran();
+    assert_eq!(ran.iter().filter(|s| *s == "c").count(), 4, "{}", out.stderr);
+    assert!(!ran.contains(&"a".to_string()) && !ran.contains(&"b".to_string()));
+    assert!(out.stderr.contains("↺ restored c"), "{}", out.stderr);
+    let table: Vec<Vec<String>> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("score.json:") || l.starts_with("metric"))
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    assert_eq!(
+        table[0],
+        [
+            "metric",
+            "base",
+            "c.k=2+c.algorithm=gmm",
+            "c.k=2+c.algorithm=kmeans",
+            "c.k=3+c.algorithm=gmm",
+            "c.k=3+c.algorithm=kmeans"
+        ]
+    );
+    assert_eq!(table[1], ["score.json:score", "36", "4", "4", "9", "9"]);
+    assert_eq!(t.read("sweeps/comparison.tsv").lines().count(), 2);
+    // Each variant's outs in a directory of its own; the workspace is back to the manifest.
+    assert!(t.read("sweeps/c.k=3+c.algorithm=gmm/out_c.txt").contains("\"algorithm\": \"gmm\""));
+    assert!(t.read("sweeps/c.k=3+c.algorithm=gmm/sweep-params.json").contains("\"c.k\": \"3\""));
+    assert_eq!(t.read("out_c.txt"), before);
+    assert!(t.pipeline(&["status"]).stdout.contains("everything is up to date"));
+
+    // --only keeps the metrics named; the variants seen before are all restored.
+    let out = t.pipeline(&["sweep", "--set", "c.k=2,3", "--only", "nothing-matches"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.ran().is_empty(), "{}", out.stderr);
+    assert!(!out.stdout.contains("score.json:score") && out.stdout.contains("no metrics"), "{}", out.stdout);
+
+    // A key that does not exist is refused before anything runs.
+    let bad = t.pipeline(&["sweep", "--set", "c.kk=1,2"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("c.kk") && bad.ran().is_empty(), "{}", bad.stderr);
+}

@@ -101,6 +101,8 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
     let (_, shown, _) = pipeline(&dir, &["show", "artifacts/clusters/clusters", "-n", "3"]);
     assert!(shown.contains("probs: FixedSizeList<Float32, 3>") && shown.contains("first 3 rows"), "{shown}");
 
+    let metrics_k3 = std::fs::read(dir.join("artifacts/evaluate/metrics.json")).unwrap();
+
     // Changing the clustering reruns cluster and everything downstream, not embed.
     std::fs::write(dir.join("pipeline.yaml"), manifest.replace("k: 3", "k: 2")).unwrap();
     let (_, status, _) = pipeline(&dir, &["status"]);
@@ -125,4 +127,17 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
         assert!(p[e] >= p[1 - e], "the chosen expert has the highest probability");
         assert!(l["text"].is_string());
     }
+
+    // Going back to k = 3 restores every stage from the run cache: nothing is trained again,
+    // and the outs are the ones the k = 3 run wrote.
+    std::fs::write(dir.join("pipeline.yaml"), &manifest).unwrap();
+    let (ok, out, err) = pipeline(&dir, &["run", "all"]);
+    assert!(ok, "{err}\n{out}");
+    assert!(ran(&err).is_empty(), "{err}");
+    let restored: Vec<&str> =
+        err.lines().filter_map(|l| l.strip_prefix("↺ restored ")).map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(restored, ["cluster", "gate", "experts", "joint", "dense", "evaluate"]);
+    assert_eq!(std::fs::read(dir.join("artifacts/evaluate/metrics.json")).unwrap(), metrics_k3);
+    let (_, status, _) = pipeline(&dir, &["status"]);
+    assert!(status.contains("everything is up to date"), "{status}");
 }

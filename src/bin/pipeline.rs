@@ -1,6 +1,7 @@
 //! `pipeline`: run the stages of `pipeline.yaml` that are out of date, and the tools around
 //! them (status, dag, show).
 
+use std::fs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,8 +9,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use whisper_moe::pipeline::hash::HashCache;
 use whisper_moe::pipeline::lock::Lock;
+use whisper_moe::pipeline::run_cache::RunCache;
 use whisper_moe::pipeline::runner::{Paths, fmt_duration};
 use whisper_moe::pipeline::status::status;
+use whisper_moe::pipeline::sweep::sweep;
 use whisper_moe::pipeline::{Manifest, ManifestError, Outcome, RunOptions, run};
 
 #[global_allocator]
@@ -26,6 +29,14 @@ struct Cli {
     vars: Vec<String>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Stored runs per stage and the disk space only they hold.
+    List,
+    /// Delete the stored runs of the named stages (all stages when none is named).
+    Clear { stages: Vec<String> },
 }
 
 #[derive(Subcommand)]
@@ -46,6 +57,41 @@ enum Cmd {
         /// After a failure, keep running the stages that do not depend on it.
         #[arg(long)]
         keep_going: bool,
+        /// Run stages even when the run cache holds the outs of an earlier run with the same
+        /// cmd, deps, params and binary (by default those outs are restored).
+        #[arg(long)]
+        no_run_cache: bool,
+        /// Override a parameter for this run, e.g. --set cluster.k=8 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Run the pipeline once per combination of --set values, then with the manifest's own
+    /// parameters; each variant's outs go to OUT/VARIANT/ and a table compares their metrics.
+    Sweep {
+        /// KEY=V1,V2,... (repeatable: every combination runs), e.g. --set cluster.k=4,6,8
+        #[arg(long = "set", required = true, value_name = "KEY=V1,V2,...")]
+        sets: Vec<String>,
+        /// Stages to bring up to date for each variant (default: all).
+        stages: Vec<String>,
+        /// A JSON file whose numbers go into the table (repeatable), besides the manifest's `metrics`.
+        #[arg(long = "metrics", value_name = "FILE")]
+        metrics: Vec<String>,
+        /// Keep only the metrics with this as a part of their name (repeatable): `--only wer`
+        /// keeps `results[split=test,system=base].wer`, `--only base` every base row.
+        #[arg(long = "only", value_name = "TEXT")]
+        only: Vec<String>,
+        /// Where each variant's outs and the comparison table go.
+        #[arg(long, default_value = "sweeps")]
+        out: PathBuf,
+        #[arg(short = 'j', long = "jobs", default_value_t = 1)]
+        jobs: usize,
+        #[arg(long)]
+        keep_going: bool,
+    },
+    /// The run cache (.pipeline/runs): earlier runs' outs, restored when their inputs return.
+    Cache {
+        #[command(subcommand)]
+        cmd: CacheCmd,
     },
     /// List stale stages with the reason.
     Status,
@@ -180,10 +226,14 @@ fn parse_vars(vars: &[String]) -> Result<Vec<(String, String)>> {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     let load = || -> Result<Manifest> { Ok(Manifest::load(&cli.file, &parse_vars(&cli.vars)?)?) };
     match cli.cmd {
-        Cmd::Run { stages, force, dry_run, jobs, keep_going } => {
-            let m = load()?;
+        Cmd::Run { stages, force, dry_run, jobs, keep_going, no_run_cache, sets } => {
+            let mut m = load()?;
+            for kv in &sets {
+                let Some((k, v)) = kv.split_once('=') else { anyhow::bail!("--set `{kv}` is not KEY=VALUE") };
+                m.set_param(k.trim(), v)?;
+            }
             let targets: Vec<String> = stages.into_iter().filter(|s| s != "all").collect();
-            let opts = RunOptions { targets, force, dry_run, jobs, keep_going };
+            let opts = RunOptions { targets, force, dry_run, jobs, keep_going, no_run_cache };
             let results = run(&m, &opts)?;
             print_summary(&results, dry_run);
             let failed = results.iter().any(|(_, o)| matches!(o, Outcome::Failed(_) | Outcome::Skipped(_)));
@@ -210,6 +260,56 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             if stale == 0 {
                 println!("everything is up to date");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Sweep { sets, stages, metrics, only, out, jobs, keep_going } => {
+            let m = load()?;
+            let targets: Vec<String> = stages.into_iter().filter(|s| s != "all").collect();
+            let opts = RunOptions { targets, jobs, keep_going, ..Default::default() };
+            let result = sweep(&m, &sets, &opts, &metrics, &only, &out)?;
+            let text = fs::read_to_string(&result.table)?;
+            let cells: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+            let ncol = cells.iter().map(Vec::len).max().unwrap_or(0);
+            let width: Vec<usize> =
+                (0..ncol).map(|c| cells.iter().filter_map(|r| r.get(c)).map(|s| s.len()).max().unwrap_or(0)).collect();
+            println!();
+            for row in &cells {
+                let line: Vec<String> = row
+                    .iter()
+                    .enumerate()
+                    .map(
+                        |(c, s)| {
+                            if c == 0 { format!("{s:<w$}", w = width[c]) } else { format!("{s:>w$}", w = width[c]) }
+                        },
+                    )
+                    .collect();
+                println!("{}", line.join("  "));
+            }
+            if cells.len() <= 1 {
+                println!("(no metrics: declare `metrics:` in the manifest or pass --metrics FILE)");
+            }
+            println!("\neach variant's outs: {}/VARIANT/   table: {}", out.display(), result.table.display());
+            let failed = result.rows.iter().any(|r| !r.1);
+            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Cmd::Cache { cmd } => {
+            let m = load()?;
+            let runs = RunCache::new(&Paths::of(&m).state);
+            match cmd {
+                CacheCmd::List => {
+                    let summary = runs.summary()?;
+                    if summary.is_empty() {
+                        println!("the run cache is empty");
+                    }
+                    for (stage, n, bytes) in summary {
+                        println!("{stage:<16} {n:>4} runs  {:>10.1} MB held only by the cache", bytes as f64 / 1e6);
+                    }
+                }
+                CacheCmd::Clear { stages } => {
+                    let n = runs.clear(&stages)?;
+                    println!("deleted {n} stored runs");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -396,6 +496,7 @@ fn print_summary(results: &[(String, Outcome)], dry_run: bool) {
                 total += *d;
                 ("ran".to_string(), fmt_duration(*d))
             }
+            Outcome::Restored => ("restored".to_string(), String::new()),
             Outcome::Failed(m) => (format!("FAILED ({m})"), String::new()),
             Outcome::Skipped(m) => (format!("skipped ({m})"), String::new()),
             Outcome::WouldRun(_) => ("would run".to_string(), String::new()),

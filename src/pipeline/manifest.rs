@@ -301,6 +301,22 @@ impl Manifest {
         })
     }
 
+    /// Override one parameter (`cluster.k`, `experts.lora.r`) for this run; the key must exist
+    /// in the `params:` section. The value is YAML: `8`, `kmeans`, `[256, 128]`.
+    pub fn set_param(&mut self, key: &str, value: &str) -> anyhow::Result<()> {
+        if lookup(&self.params, key).is_none() {
+            anyhow::bail!("--set {key}: no such key in the params of {}", self.file.display());
+        }
+        let parsed: Value =
+            serde_saphyr::from_str(value).map_err(|e| anyhow::anyhow!("--set {key}={value}: not a YAML value: {e}"))?;
+        let mut node = &mut self.params;
+        for part in key.split('.') {
+            node = node.as_object_mut().and_then(|o| o.get_mut(part)).expect("looked up above");
+        }
+        *node = parsed;
+        Ok(())
+    }
+
     pub fn stage_index(&self, name: &str) -> Option<usize> {
         self.stages.iter().position(|s| s.name == name)
     }

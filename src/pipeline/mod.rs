@@ -3,8 +3,10 @@
 pub mod hash;
 pub mod lock;
 pub mod manifest;
+pub mod run_cache;
 pub mod runner;
 pub mod status;
+pub mod sweep;
 
 pub use manifest::{Manifest, ManifestError};
 pub use runner::{Outcome, RunOptions, run};

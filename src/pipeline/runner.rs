@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use super::hash::HashCache;
 use super::lock::{Lock, PathHash, StageLock};
 use super::manifest::{Manifest, Stage};
+use super::run_cache::{self, Hit, RunCache, remove_any};
 use super::status::{exe_dir, fingerprint, own_reasons, status};
 
 #[derive(Debug, Clone, Default)]
@@ -27,12 +28,16 @@ pub struct RunOptions {
     pub dry_run: bool,
     pub jobs: usize,
     pub keep_going: bool,
+    /// Do not restore outs from the run cache (stages still store their runs in it).
+    pub no_run_cache: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     UpToDate,
     Ran(Duration),
+    /// Its inputs matched an earlier run, whose outs were put back from the run cache.
+    Restored,
     Failed(String),
     Skipped(String),
     /// Dry run: would run, for these reasons.
@@ -77,6 +82,8 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
     }
     let lock = Lock::load(&paths.lock)?;
     let mut cache = HashCache::open(&paths.hash_cache());
+    let runs = RunCache::new(&paths.state);
+    let use_run_cache = |i: usize| !forced[i] && !opts.no_run_cache;
 
     if opts.dry_run {
         let reasons = status(m, &lock, &mut cache)?;
@@ -90,7 +97,14 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
             if forced[i] {
                 r.insert(0, "forced".into());
             }
-            would[i] = !r.is_empty() || m.upstream[i].iter().any(|&u| would[u]);
+            let upstream_would = m.upstream[i].iter().any(|&u| would[u]);
+            would[i] = !r.is_empty() || upstream_would;
+            if would[i] && !upstream_would && use_run_cache(i) {
+                let current = fingerprint(m, &m.stages[i], &mut cache)?;
+                if restorable(&lock, &m.stages[i], &current, &runs).is_some() {
+                    r.push("an earlier run with these inputs is in the run cache: would restore its outs".into());
+                }
+            }
             let outcome = if would[i] { Outcome::WouldRun(r) } else { Outcome::UpToDate };
             out.push((m.stages[i].name.clone(), outcome));
         }
@@ -124,7 +138,9 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
                     progressed = true;
                     continue;
                 }
-                let ready = ups.iter().all(|&u| matches!(outcome[u], Some(Outcome::UpToDate | Outcome::Ran(_))));
+                let ready = ups
+                    .iter()
+                    .all(|&u| matches!(outcome[u], Some(Outcome::UpToDate | Outcome::Ran(_) | Outcome::Restored)));
                 if !ready || stop || running >= jobs {
                     continue;
                 }
@@ -141,6 +157,20 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
                     outcome[i] = Some(Outcome::UpToDate);
                     progressed = true;
                     continue;
+                }
+                if use_run_cache(i) {
+                    if let Some(hit) = restorable(&lock, stage, &current, &runs) {
+                        match restore(m, &paths, stage, &hit, current.clone(), &mut lock, &mut cache, &runs) {
+                            Ok(Ok(())) => {
+                                eprintln!("↺ restored {} from the run cache ({})", stage.name, reasons.join("; "));
+                                outcome[i] = Some(Outcome::Restored);
+                                progressed = true;
+                                continue;
+                            }
+                            Ok(Err(why)) => eprintln!("· run cache entry of {} not used: {why}", stage.name),
+                            Err(e) => eprintln!("· run cache entry of {} not used: {e:#}", stage.name),
+                        }
+                    }
                 }
                 eprintln!("▶ running {} ({})", stage.name, reasons.join("; "));
                 let (cmd, staged) = prepare(m, &paths, stage, &current)?;
@@ -165,11 +195,16 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
         running -= 1;
         let (current, staged, started) = launched[i].take().expect("launched stage");
         let stage = &m.stages[i];
+        let staging = paths.staging(&stage.name);
         let result = result.and_then(|()| {
-            commit_outs(m, &paths, stage, &staged, current, &mut lock, &mut cache).map_err(|e| format!("{e:#}"))
+            commit_outs(m, &paths, stage, &staged, &staging, current, &mut lock, &mut cache)
+                .map_err(|e| format!("{e:#}"))
         });
         match result {
             Ok(()) => {
+                if let Err(e) = runs.save(m, stage, &lock.stages[&stage.name]) {
+                    eprintln!("warning: {} ran, but its outs could not be stored in the run cache: {e:#}", stage.name);
+                }
                 let took = started.elapsed();
                 eprintln!("✓ {} done in {}", stage.name, fmt_duration(took));
                 outcome[i] = Some(Outcome::Ran(took));
@@ -314,12 +349,49 @@ fn execute(cmd: &str, root: &Path, env: &[(String, String)], log: &Path, prefix:
     }
 }
 
-/// Move staged outs into place, hash them and record the stage in the lock.
+/// The run cache entry to restore instead of running: one with the same inputs as now, when the
+/// inputs differ from the last run's (an out deleted or edited by hand with unchanged inputs
+/// makes the stage run again, not restore).
+fn restorable(lock: &Lock, stage: &Stage, current: &StageLock, runs: &RunCache) -> Option<Hit> {
+    let inputs_changed = lock.stages.get(&stage.name).is_none_or(|old| !run_cache::same_inputs(old, current));
+    if inputs_changed { runs.lookup(stage, current) } else { None }
+}
+
+/// Put a cached run's outs in place (through a staging directory of their own, so that a
+/// partial run's checkpoint in the stage's staging directory stays) and record it in the lock.
+#[allow(clippy::too_many_arguments)]
+fn restore(
+    m: &Manifest,
+    paths: &Paths,
+    stage: &Stage,
+    hit: &Hit,
+    current: StageLock,
+    lock: &mut Lock,
+    cache: &mut HashCache,
+    runs: &RunCache,
+) -> Result<Result<(), String>> {
+    let into = paths.state.join("staging").join(format!("{}.restore", stage.name));
+    if let Err(why) = runs.restore_into(stage, hit, &into)? {
+        return Ok(Err(why));
+    }
+    let staged: Vec<StagedOut> = stage
+        .outs
+        .iter()
+        .map(|o| StagedOut { out: m.root.join(&o.path), staged: Some(into.join(&o.path)), backup: None })
+        .collect();
+    commit_outs(m, paths, stage, &staged, &into, current, lock, cache)?;
+    Ok(Ok(()))
+}
+
+/// Move staged outs into place, hash them and record the stage in the lock; `staging` (where
+/// they were written) is removed.
+#[allow(clippy::too_many_arguments)]
 fn commit_outs(
     m: &Manifest,
     paths: &Paths,
     stage: &Stage,
     staged: &[StagedOut],
+    staging: &Path,
     mut entry: StageLock,
     lock: &mut Lock,
     cache: &mut HashCache,
@@ -346,7 +418,7 @@ fn commit_outs(
         }
     }
     remove_any(&trash)?;
-    remove_any(&paths.staging(&stage.name))?;
+    remove_any(staging)?;
     remove_any(&paths.state.join("staging").join(format!("{}.backup", stage.name)))?;
     entry.outs = Vec::new();
     for o in &stage.outs {
@@ -368,14 +440,6 @@ fn restore_backups(staged: &[StagedOut]) {
 
 fn rel(m: &Manifest, p: &Path) -> String {
     p.strip_prefix(&m.root).unwrap_or(p).display().to_string()
-}
-
-fn remove_any(p: &Path) -> std::io::Result<()> {
-    match fs::symlink_metadata(p) {
-        Ok(md) if md.is_dir() => fs::remove_dir_all(p),
-        Ok(_) => fs::remove_file(p),
-        Err(_) => Ok(()),
-    }
 }
 
 fn copy_any(from: &Path, to: &Path) -> std::io::Result<()> {

@@ -12,18 +12,18 @@
 //!     cargo bench --bench kmeans                        # both implementations
 //!     KMEANS_BENCH_IMPLS=lloyd KMEANS_BENCH_ROWS=20000 cargo bench --bench kmeans
 //!
-//! Measured on the 2-core development machine while other jobs kept its load average at 5-6
-//! (so compare within a row; scikit-learn 1.9.1, numpy 2.4.6). All three reach the same
-//! inertia (383.810 mean squared distance).
+//! Measured on the idle 2-core development machine (scikit-learn 1.9.1, numpy 2.4.6,
+//! `OMP_NUM_THREADS` = `RAYON_NUM_THREADS` = threads). All reach the same inertia (383.810
+//! mean squared distance).
 //!
 //! | threads | ours (lloyd) | linfa 0.8.1 | scikit-learn |
 //! |---|---|---|---|
-//! | 2 | 5.8 s (58 iterations in 3 runs) | 29.3-32.3 s (150 iterations) | 10.4-20.5 s (best run 15 iterations; 3 single-init fits took 17+15+17) |
-//! | 1 | 5.4 s | - | 4.2 s (best run 20 iterations) |
+//! | 2 | 2.35 s (58 iterations in 3 runs) | 10.85 s | 2.66 s (best run 15 iterations; 3 single-init fits took 17+15+17) |
+//! | 1 | 3.84 s | - | 3.48 s (best run 20 iterations) |
 //!
-//! scikit-learn's OpenMP threads suffer badly on a loaded machine (2 threads were 2-4x slower
-//! than 1); on one thread it was about 10% faster per pass over the data than ours. linfa's
-//! scalar distance loops were 3-5x slower than both.
+//! Per iteration ours and scikit-learn's are equal on one thread (66 vs 69 ms); ours does more
+//! iterations from its seeds. On a machine loaded by other jobs scikit-learn's OpenMP threads
+//! suffered badly (2 threads 2-4x slower than 1). linfa's scalar distance loops are 3-5x slower.
 
 use std::io::Write;
 use std::path::PathBuf;

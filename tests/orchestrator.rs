@@ -412,3 +412,36 @@ fn sweep_runs_every_variant_and_compares_metrics() {
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains("c.kk") && bad.ran().is_empty(), "{}", bad.stderr);
 }
+
+#[test]
+fn sweep_reports_only_what_each_variant_produced() {
+    // score fails for k = 3; the workspace was built without the run cache (cleared), so the
+    // sweep must keep its outs before replacing them and put them back at the end unrun.
+    let failing = SCORE.replace("k=$(sed", "k=$(sed").replace(
+        "echo \"{\\\"score\\\": $((k*k))}\" > score.json",
+        "test \"$k\" != 3 && echo \"{\\\"score\\\": $((k*k))}\" > score.json",
+    );
+    assert_ne!(failing, SCORE);
+    let t =
+        Toy::new("sweepfail", &TOY.replace("    outs: [out_c.txt]\n", &format!("    outs: [out_c.txt]\n{failing}")));
+    t.run(&["all"]);
+    let (before_c, before_score) = (t.read("out_c.txt"), t.read("score.json"));
+    assert!(t.pipeline(&["cache", "clear"]).stdout.contains("deleted"));
+
+    let out = t.pipeline(&["sweep", "--set", "c.k=2,3", "--keep-going"]);
+    assert_ne!(out.code, 0, "a failed variant makes the sweep fail");
+    assert_eq!(out.ran(), ["c", "score", "d", "c", "score", "d"], "{}", out.stderr);
+    assert_eq!(out.restored(), ["c", "score", "d"], "the base comes back from the run cache: {}", out.stderr);
+    let table: Vec<Vec<String>> =
+        t.read("sweeps/comparison.tsv").lines().map(|l| l.split('\t').map(String::from).collect()).collect();
+    assert_eq!(table[0], ["metric", "base", "c.k=2", "c.k=3 (FAILED)"]);
+    assert_eq!(table[1], ["score.json:score", "36", "4", ""], "the failed variant shows no stale score");
+    assert!(t.path("sweeps/c.k=3/out_c.txt").exists() && !t.path("sweeps/c.k=3/score.json").exists());
+    assert_eq!((t.read("out_c.txt"), t.read("score.json")), (before_c, before_score));
+    assert!(t.pipeline(&["status"]).stdout.contains("everything is up to date"));
+
+    // An output directory inside the pipeline's outs is refused.
+    let bad = t.pipeline(&["sweep", "--set", "c.k=2", "--out", "out/a/sweeps"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("overlaps the out out/a"), "{}", bad.stderr);
+}

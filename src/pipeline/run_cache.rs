@@ -76,6 +76,9 @@ impl RunCache {
     /// Store the outs a stage just produced (now in place) with its lock entry. Written to a
     /// temporary directory and renamed, so an entry is complete or absent.
     pub fn save(&self, m: &Manifest, stage: &Stage, entry: &StageLock) -> Result<()> {
+        if stage.outs.is_empty() {
+            return Ok(());
+        }
         let final_dir = self.dir(&stage.name, &key(entry));
         let tmp = final_dir.with_extension("tmp");
         remove_any(&tmp)?;

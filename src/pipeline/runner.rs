@@ -63,6 +63,18 @@ impl Paths {
     pub fn staging(&self, stage: &str) -> PathBuf {
         self.state.join("staging").join(stage)
     }
+    /// Where a run cache entry is put together before it is moved into place.
+    fn restoring(&self, stage: &str) -> PathBuf {
+        self.state.join("restore").join(stage)
+    }
+    /// Where the previous outs wait while the new ones are moved into place.
+    fn old(&self, stage: &str) -> PathBuf {
+        self.state.join("old").join(stage)
+    }
+    /// The previous version of outs a stage writes in place.
+    fn backup(&self, stage: &str) -> PathBuf {
+        self.state.join("backup").join(stage)
+    }
 }
 
 pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
@@ -158,6 +170,7 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
                     progressed = true;
                     continue;
                 }
+                preserve_previous(m, stage, &lock, &runs, &mut cache);
                 if use_run_cache(i) {
                     if let Some(hit) = restorable(&lock, stage, &current, &runs) {
                         match restore(m, &paths, stage, &hit, current.clone(), &mut lock, &mut cache, &runs) {
@@ -263,12 +276,19 @@ fn prepare(m: &Manifest, paths: &Paths, stage: &Stage, _fp: &StageLock) -> Resul
             staged.push(StagedOut { out, staged: Some(st), backup: None });
         } else {
             let backup = if out.exists() {
-                let b = paths.state.join("staging").join(format!("{}.backup", stage.name)).join(&o.path);
+                // The previous version moves to the backup and the stage gets a fresh copy, so
+                // that writing in place never goes through a hard link the run cache holds.
+                let b = paths.backup(&stage.name).join(&o.path);
                 if let Some(parent) = b.parent() {
                     fs::create_dir_all(parent)?;
                 }
                 remove_any(&b)?;
-                copy_any(&out, &b)?;
+                fs::rename(&out, &b)?;
+                if let Err(e) = copy_any(&b, &out) {
+                    let _ = remove_any(&out);
+                    fs::rename(&b, &out)?;
+                    return Err(e.into());
+                }
                 Some(b)
             } else {
                 None
@@ -353,8 +373,30 @@ fn execute(cmd: &str, root: &Path, env: &[(String, String)], log: &Path, prefix:
 /// inputs differ from the last run's (an out deleted or edited by hand with unchanged inputs
 /// makes the stage run again, not restore).
 fn restorable(lock: &Lock, stage: &Stage, current: &StageLock, runs: &RunCache) -> Option<Hit> {
+    if stage.outs.is_empty() {
+        return None; // a stage run for its side effects is never skipped
+    }
     let inputs_changed = lock.stages.get(&stage.name).is_none_or(|old| !run_cache::same_inputs(old, current));
     if inputs_changed { runs.lookup(stage, current) } else { None }
+}
+
+/// Before a stage's outs are replaced: keep them in the run cache if they are still what the lock
+/// says the last run wrote and the cache lacks them (outs from before the run cache existed, or
+/// after `pipeline cache clear`), so that going back restores rather than recomputes them.
+fn preserve_previous(m: &Manifest, stage: &Stage, lock: &Lock, runs: &RunCache, cache: &mut HashCache) {
+    let Some(old) = lock.stages.get(&stage.name) else { return };
+    if stage.outs.is_empty() || runs.lookup(stage, old).is_some() {
+        return;
+    }
+    let intact = stage.outs.iter().all(|o| {
+        let recorded = old.outs.iter().find(|e| e.path == o.path).map(|e| e.hash.as_str());
+        matches!(cache.hash_path(&m.root.join(&o.path)), Ok(Some(h)) if Some(h.as_str()) == recorded)
+    });
+    if intact {
+        if let Err(e) = runs.save(m, stage, old) {
+            eprintln!("warning: the previous outs of {} could not be kept in the run cache: {e:#}", stage.name);
+        }
+    }
 }
 
 /// Put a cached run's outs in place (through a staging directory of their own, so that a
@@ -370,7 +412,7 @@ fn restore(
     cache: &mut HashCache,
     runs: &RunCache,
 ) -> Result<Result<(), String>> {
-    let into = paths.state.join("staging").join(format!("{}.restore", stage.name));
+    let into = paths.restoring(&stage.name);
     if let Err(why) = runs.restore_into(stage, hit, &into)? {
         return Ok(Err(why));
     }
@@ -402,24 +444,37 @@ fn commit_outs(
             bail!("the stage succeeded but did not write its out {}", rel(m, &s.out));
         }
     }
-    let trash = paths.state.join("staging").join(format!("{}.old", stage.name));
+    let trash = paths.old(&stage.name);
     remove_any(&trash)?;
-    for s in staged {
-        if let Some(st) = &s.staged {
-            if s.out.exists() {
-                let t = trash.join(rel(m, &s.out));
-                fs::create_dir_all(t.parent().unwrap())?;
-                fs::rename(&s.out, &t)?;
+    // Moves done so far, undone in reverse if one fails: (from, to).
+    let mut done: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut move_all = || -> Result<()> {
+        for s in staged {
+            if let Some(st) = &s.staged {
+                if s.out.exists() {
+                    let t = trash.join(rel(m, &s.out));
+                    fs::create_dir_all(t.parent().unwrap())?;
+                    fs::rename(&s.out, &t)?;
+                    done.push((s.out.clone(), t));
+                }
+                if let Some(parent) = s.out.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                fs::rename(st, &s.out).with_context(|| format!("cannot move {} into place", rel(m, &s.out)))?;
+                done.push((st.clone(), s.out.clone()));
             }
-            if let Some(parent) = s.out.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            fs::rename(st, &s.out).with_context(|| format!("cannot move {} into place", rel(m, &s.out)))?;
         }
+        Ok(())
+    };
+    if let Err(e) = move_all() {
+        for (from, to) in done.iter().rev() {
+            let _ = fs::rename(to, from);
+        }
+        return Err(e);
     }
     remove_any(&trash)?;
     remove_any(staging)?;
-    remove_any(&paths.state.join("staging").join(format!("{}.backup", stage.name)))?;
+    remove_any(&paths.backup(&stage.name))?;
     entry.outs = Vec::new();
     for o in &stage.outs {
         let hash = cache.hash_path(&m.root.join(&o.path))?.context("out vanished")?;

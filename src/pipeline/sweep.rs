@@ -3,7 +3,9 @@
 //! Every variant runs in the workspace like `pipeline run --set ...`, so a stage whose inputs a
 //! variant does not change is not run again, and a variant seen before is restored from the
 //! run cache. After each variant its outs are hard-linked into `OUT/VARIANT/` (a separate
-//! output directory that costs no space; outs a stage writes in place are copied) and its metrics files are read. Last, the manifest's
+//! output directory that costs no space; outs a stage writes in place are copied; treat these
+//! directories as read-only, as writing into a file there writes into the workspace's file
+//! too, which `pipeline status` then reports as changed) and its metrics files are read. Last, the manifest's
 //! own parameters run again (restored from the run cache when they ran before), so the
 //! workspace ends as `pipeline.yaml` says, and a table compares every numeric metric.
 
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::manifest::{Manifest, OutKind};
+use super::manifest::{Manifest, OutKind, normalize, path_overlaps};
 use super::run_cache::{link_or_copy, remove_any, written_in_staging};
 use super::runner::{Outcome, RunOptions, run};
 
@@ -144,6 +146,16 @@ pub fn sweep(
         }
     }
     all.push(Variant { name: "base".into(), sets: Vec::new() });
+    // Distinct directory names, even where two values map to the same safe name.
+    let mut seen = std::collections::HashSet::new();
+    for v in &mut all {
+        let stem = v.name.clone();
+        let mut n = 1;
+        while !seen.insert(v.name.clone()) {
+            n += 1;
+            v.name = format!("{stem}-{n}");
+        }
+    }
     let mut metric_files: Vec<String> = base
         .stages
         .iter()
@@ -151,7 +163,11 @@ pub fn sweep(
         .filter(|o| o.kind == OutKind::Metric)
         .map(|o| o.path.clone())
         .collect();
-    metric_files.extend(metrics.iter().cloned());
+    metric_files.extend(metrics.iter().map(|f| normalize(f)));
+    let out_rel = normalize(&out.to_string_lossy());
+    if let Some(o) = base.stages.iter().flat_map(|s| s.outs.iter()).find(|o| path_overlaps(&o.path, &out_rel)) {
+        bail!("--out {out_rel} overlaps the out {} of the pipeline; choose another directory", o.path);
+    }
     let out = base.root.join(out);
     fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
 
@@ -163,12 +179,32 @@ pub fn sweep(
         }
         let what = if v.sets.is_empty() { "the manifest's own parameters".to_string() } else { v.name.clone() };
         eprintln!("\n=== sweep {}/{}: {what} ===", n + 1, all.len());
-        let results = run(&m, opts)?;
+        let results = match run(&m, opts) {
+            Ok(r) => r,
+            Err(e) if !v.sets.is_empty() => {
+                eprintln!("\nsweep stopped: {e:#}\n=== putting the manifest's own parameters back ===");
+                if let Err(e2) = run(base, opts) {
+                    eprintln!("that failed too: {e2:#}; `pipeline status` says what is stale");
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let ok = results.iter().all(|(_, o)| matches!(o, Outcome::UpToDate | Outcome::Ran(_) | Outcome::Restored));
+        // Only what this variant's run brought up to date is its result: not the outs of a
+        // stage that failed or was skipped (they are the previous variant's), nor of stages
+        // outside the sweep's targets.
+        let good: Vec<&str> = results
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::UpToDate | Outcome::Ran(_) | Outcome::Restored))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let owner = |path: &str| m.stages.iter().find(|s| s.outs.iter().any(|o| path_overlaps(&o.path, path)));
         // Its outs, hard-linked into a directory of its own.
         let dir = out.join(&v.name);
         remove_any(&dir)?;
-        for s in &m.stages {
+        fs::create_dir_all(&dir)?;
+        for s in m.stages.iter().filter(|s| good.contains(&s.name.as_str())) {
             for o in &s.outs {
                 let from = m.root.join(&o.path);
                 if from.exists() {
@@ -183,6 +219,9 @@ pub fn sweep(
         fs::write(dir.join("sweep-params.json"), serde_json::to_string_pretty(&sets)?)?;
         let mut values = BTreeMap::new();
         for f in &metric_files {
+            if owner(f).is_some_and(|s| !good.contains(&s.name.as_str())) {
+                continue;
+            }
             let Ok(text) = fs::read_to_string(m.root.join(f)) else { continue };
             match serde_json::from_str::<Value>(&text) {
                 Ok(doc) => {

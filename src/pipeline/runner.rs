@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use super::hash::HashCache;
 use super::lock::{Lock, PathHash, StageLock};
 use super::manifest::{Manifest, Stage};
-use super::run_cache::{self, Hit, RunCache, remove_any};
+use super::run_cache::{self, Hit, RunCache, link_or_copy, remove_any};
 use super::status::{exe_dir, fingerprint, own_reasons, status};
 
 #[derive(Debug, Clone, Default)]
@@ -284,7 +284,7 @@ fn prepare(m: &Manifest, paths: &Paths, stage: &Stage, _fp: &StageLock) -> Resul
                 }
                 remove_any(&b)?;
                 fs::rename(&out, &b)?;
-                if let Err(e) = copy_any(&b, &out) {
+                if let Err(e) = link_or_copy(&b, &out, false) {
                     let _ = remove_any(&out);
                     fs::rename(&b, &out)?;
                     return Err(e.into());
@@ -495,19 +495,6 @@ fn restore_backups(staged: &[StagedOut]) {
 
 fn rel(m: &Manifest, p: &Path) -> String {
     p.strip_prefix(&m.root).unwrap_or(p).display().to_string()
-}
-
-fn copy_any(from: &Path, to: &Path) -> std::io::Result<()> {
-    if fs::metadata(from)?.is_dir() {
-        fs::create_dir_all(to)?;
-        for e in fs::read_dir(from)? {
-            let e = e?;
-            copy_any(&e.path(), &to.join(e.file_name()))?;
-        }
-        Ok(())
-    } else {
-        fs::copy(from, to).map(|_| ())
-    }
 }
 
 /// Replace whole-path occurrences of `path` in a command (also as the prefix of a longer path,

@@ -50,14 +50,27 @@ impl Default for EvaluateParams {
     }
 }
 
+/// Inputs and output of the evaluate stage (also the stage binary's flags).
+#[derive(clap::Args, Debug, Clone)]
 pub struct EvaluatePaths {
+    /// Hub id or local checkpoint directory (the base model).
+    #[arg(long)]
     pub model: String,
+    /// The dataset manifest (audio and transcripts).
+    #[arg(long)]
     pub dataset: PathBuf,
+    #[arg(long)]
     pub embeddings: PathBuf,
+    /// The cluster stage's output (clusters/, splits/).
+    #[arg(long)]
     pub clusters: PathBuf,
+    #[arg(long)]
     pub experts: PathBuf,
+    #[arg(long)]
     pub joint: PathBuf,
+    #[arg(long)]
     pub dense: PathBuf,
+    #[arg(long)]
     pub out: PathBuf,
 }
 

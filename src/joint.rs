@@ -472,14 +472,28 @@ pub struct MixtureConfig {
     pub lora: LoraConfig,
 }
 
-/// Inputs of the joint stage.
+/// Inputs and output of the joint stage (also the stage binary's flags).
+#[derive(clap::Args, Debug, Clone)]
 pub struct JointPaths {
+    /// Hub id or local checkpoint directory (the one the embeddings came from).
+    #[arg(long)]
     pub model: String,
+    /// The dataset manifest (audio and transcripts).
+    #[arg(long)]
     pub dataset: PathBuf,
+    /// Embeddings (the gate's input; their checkpoint hash is checked).
+    #[arg(long)]
     pub embeddings: PathBuf,
+    /// The cluster stage's output (clusters/, splits/).
+    #[arg(long)]
     pub clusters: PathBuf,
+    /// The experts stage's output.
+    #[arg(long)]
     pub experts: PathBuf,
+    /// The gate stage's output.
+    #[arg(long)]
     pub gate: PathBuf,
+    #[arg(long)]
     pub out: PathBuf,
 }
 

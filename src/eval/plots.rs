@@ -9,8 +9,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
+use plotters::chart::MeshStyle;
 use plotters::coord::Shift;
-use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
@@ -113,6 +114,28 @@ macro_rules! render {
 
 fn font(size: u32) -> TextStyle<'static> {
     TextStyle::from((FONT, size).into_font()).color(&BLACK)
+}
+
+/// The frame of every chart: title, margins and label areas (callers may override any).
+fn frame<'a, 'b, DB: DrawingBackend>(root: &'a DrawingArea<DB, Shift>, title: &str) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(root);
+    b.caption(title, font(22)).margin(12).x_label_area_size(45).y_label_area_size(70);
+    b
+}
+
+/// The grid and label styles of every chart; callers add formatters and axis names.
+fn mesh<'a, 'b, X, Y, DB>(chart: &'b mut ChartContext<'a, DB, Cartesian2d<X, Y>>) -> MeshStyle<'a, 'b, X, Y, DB>
+where
+    X: Ranged + ValueFormatter<X::ValueType>,
+    Y: Ranged + ValueFormatter<Y::ValueType>,
+    DB: DrawingBackend,
+{
+    let mut m = chart.configure_mesh();
+    m.light_line_style(BLACK.mix(0.04))
+        .bold_line_style(BLACK.mix(0.15))
+        .label_style(font(14))
+        .axis_desc_style(font(15));
+    m
 }
 
 fn centered(size: u32) -> TextStyle<'static> {
@@ -237,23 +260,8 @@ fn draw_lines<DB: DrawingBackend>(
     }
     let xs = span(all().map(|p| p.0));
     let ys = span(all().map(|p| p.1).chain(reference_lines.iter().map(|r| r.1)));
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, font(22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(xs.0..xs.1, padded(ys, 0.05))?;
-    chart
-        .configure_mesh()
-        .light_line_style(BLACK.mix(0.04))
-        .bold_line_style(BLACK.mix(0.15))
-        .x_label_formatter(&tick)
-        .y_label_formatter(&tick)
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .label_style(font(14))
-        .axis_desc_style(font(15))
-        .draw()?;
+    let mut chart = frame(root, title).build_cartesian_2d(xs.0..xs.1, padded(ys, 0.05))?;
+    mesh(&mut chart).x_label_formatter(&tick).y_label_formatter(&tick).x_desc(x_desc).y_desc(y_desc).draw()?;
     for (name, y) in reference_lines {
         let style = BLACK.mix(0.6).stroke_width(1);
         chart
@@ -341,23 +349,9 @@ fn draw_temperature_phases<DB: DrawingBackend>(
     let xs = span(finite_steps.iter().copied());
     let ys = span(temperature.iter().copied());
     let ys = (ys.0.min(0.0), ys.1);
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, font(22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(xs.0..xs.1, padded(ys, 0.05).start.max(0.0)..padded(ys, 0.08).end)?;
-    chart
-        .configure_mesh()
-        .light_line_style(BLACK.mix(0.04))
-        .bold_line_style(BLACK.mix(0.15))
-        .x_label_formatter(&tick)
-        .y_label_formatter(&tick)
-        .x_desc("step")
-        .y_desc("temperature")
-        .label_style(font(14))
-        .axis_desc_style(font(15))
-        .draw()?;
+    let mut chart =
+        frame(root, title).build_cartesian_2d(xs.0..xs.1, padded(ys, 0.05).start.max(0.0)..padded(ys, 0.08).end)?;
+    mesh(&mut chart).x_label_formatter(&tick).y_label_formatter(&tick).x_desc("step").y_desc("temperature").draw()?;
 
     // phase bands: a run of equal phases spans from its first step to the next run's first step
     let mut order: Vec<&str> = vec![];
@@ -438,23 +432,12 @@ fn draw_stacked<DB: DrawingBackend>(
     }
     let xs = span(rows.iter().map(|r| r.0));
     let top = rows.iter().map(|(_, r)| r.iter().sum::<f64>()).fold(0.0, f64::max).max(1e-9);
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, font(22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .right_y_label_area_size(0)
-        .build_cartesian_2d(xs.0..xs.1, 0.0..top * 1.02)?;
-    chart
-        .configure_mesh()
-        .light_line_style(BLACK.mix(0.04))
-        .bold_line_style(BLACK.mix(0.15))
+    let mut chart = frame(root, title).right_y_label_area_size(0).build_cartesian_2d(xs.0..xs.1, 0.0..top * 1.02)?;
+    mesh(&mut chart)
         .x_label_formatter(&tick)
         .y_label_formatter(&tick)
         .x_desc("step")
         .y_desc("share of utterances")
-        .label_style(font(14))
-        .axis_desc_style(font(15))
         .draw()?;
     let mut lower: Vec<f64> = vec![0.0; rows.len()];
     for (e, expert) in experts.iter().enumerate() {
@@ -493,23 +476,13 @@ fn draw_load_bars<DB: DrawingBackend>(
     let uniform = 1.0 / n as f64;
     let top = load.iter().copied().filter(|v| v.is_finite()).fold(uniform, f64::max) * 1.15;
     let label = |x: &f64| category_label(experts, *x);
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, font(22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(categories(n), 0.0..top)?;
-    chart
-        .configure_mesh()
-        .light_line_style(BLACK.mix(0.04))
-        .bold_line_style(BLACK.mix(0.15))
+    let mut chart = frame(root, title).build_cartesian_2d(categories(n), 0.0..top)?;
+    mesh(&mut chart)
         .disable_x_mesh()
         .x_label_formatter(&label)
         .y_label_formatter(&tick)
         .x_desc("expert")
         .y_desc("share of utterances")
-        .label_style(font(14))
-        .axis_desc_style(font(15))
         .draw()?;
     chart.draw_series(
         load.iter()
@@ -567,23 +540,13 @@ fn draw_gate_heatmap<DB: DrawingBackend>(
     let (main, bar) = root.split_horizontally(w as i32 - 110);
     let n = order.len() as f64;
     let label = |x: &f64| category_label(experts, *x);
-    let mut chart = ChartBuilder::on(&main)
-        .caption(title, font(22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(categories(experts.len()), 0.0..n)?;
-    chart
-        .configure_mesh()
-        .light_line_style(BLACK.mix(0.04))
-        .bold_line_style(BLACK.mix(0.15))
+    let mut chart = frame(&main, title).build_cartesian_2d(categories(experts.len()), 0.0..n)?;
+    mesh(&mut chart)
         .disable_mesh()
         .x_label_formatter(&label)
         .y_labels(0)
         .x_desc("expert")
         .y_desc(format!("{} utterances, by chosen expert", order.len()))
-        .label_style(font(14))
-        .axis_desc_style(font(15))
         .draw()?;
     // row 0 at the top
     chart.draw_series(order.iter().enumerate().flat_map(|(row, &(_, i))| {
@@ -614,10 +577,7 @@ fn color_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, desc: &str, lo: 
         .margin_right(10)
         .y_label_area_size(55)
         .build_cartesian_2d(0.0..1.0, lo..hi)?;
-    chart
-        .configure_mesh()
-        .light_line_style(BLACK.mix(0.04))
-        .bold_line_style(BLACK.mix(0.15))
+    mesh(&mut chart)
         .disable_mesh()
         .x_labels(0)
         .y_label_formatter(&tick)
@@ -669,23 +629,10 @@ fn draw_confusion<DB: DrawingBackend>(
     let reversed: Vec<String> = labels.iter().rev().cloned().collect();
     let xl = |x: &f64| category_label(experts, *x);
     let yl = |y: &f64| category_label(&reversed, *y);
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, font(22))
-        .margin(12)
-        .x_label_area_size(45)
+    let mut chart = frame(root, title)
         .y_label_area_size(30 + 8 * longest.min(30))
         .build_cartesian_2d(categories(experts.len()), categories(rows))?;
-    chart
-        .configure_mesh()
-        .light_line_style(BLACK.mix(0.04))
-        .bold_line_style(BLACK.mix(0.15))
-        .disable_mesh()
-        .x_label_formatter(&xl)
-        .y_label_formatter(&yl)
-        .x_desc("chosen expert")
-        .label_style(font(14))
-        .axis_desc_style(font(15))
-        .draw()?;
+    mesh(&mut chart).disable_mesh().x_label_formatter(&xl).y_label_formatter(&yl).x_desc("chosen expert").draw()?;
     for (r, row) in counts.iter().enumerate() {
         let total: u64 = row.iter().sum();
         let y = (rows - 1 - r) as f64;
@@ -734,23 +681,8 @@ fn draw_grouped_bars<DB: DrawingBackend>(
     let top = wer.iter().flatten().copied().filter(|v| v.is_finite()).map(pct).fold(0.0, f64::max);
     let top = if top > 0.0 { top * 1.2 } else { 1.0 };
     let label = |x: &f64| category_label(groups, *x);
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, font(22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(categories(groups.len()), 0.0..top)?;
-    chart
-        .configure_mesh()
-        .light_line_style(BLACK.mix(0.04))
-        .bold_line_style(BLACK.mix(0.15))
-        .disable_x_mesh()
-        .x_label_formatter(&label)
-        .y_label_formatter(&tick)
-        .y_desc("WER (%)")
-        .label_style(font(14))
-        .axis_desc_style(font(15))
-        .draw()?;
+    let mut chart = frame(root, title).build_cartesian_2d(categories(groups.len()), 0.0..top)?;
+    mesh(&mut chart).disable_x_mesh().x_label_formatter(&label).y_label_formatter(&tick).y_desc("WER (%)").draw()?;
     let width = 0.8 / systems.len() as f64;
     let annotate = systems.len() * groups.len() <= 48;
     for (s, system) in systems.iter().enumerate() {

@@ -138,14 +138,15 @@ pub fn sweep(
     out: &Path,
 ) -> Result<SweepResult> {
     let mut all = variants(specs)?;
-    // Check every key and value before anything runs.
-    for v in &all {
-        let mut m = base.clone();
-        for (k, val) in &v.sets {
-            m.set_param(k, val)?;
-        }
-    }
     all.push(Variant { name: "base".into(), sets: Vec::new() });
+    // Every variant's manifest, so that a bad key or value is refused before anything runs.
+    let manifests: Vec<Manifest> = all
+        .iter()
+        .map(|v| {
+            let mut m = base.clone();
+            v.sets.iter().try_for_each(|(k, val)| m.set_param(k, val)).map(|()| m)
+        })
+        .collect::<Result<_>>()?;
     // Distinct directory names, even where two values map to the same safe name.
     let mut seen = std::collections::HashSet::new();
     for v in &mut all {
@@ -172,14 +173,10 @@ pub fn sweep(
     fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
 
     let mut rows = Vec::new();
-    for (n, v) in all.iter().enumerate() {
-        let mut m = base.clone();
-        for (k, val) in &v.sets {
-            m.set_param(k, val)?;
-        }
+    for (n, (v, m)) in all.iter().zip(&manifests).enumerate() {
         let what = if v.sets.is_empty() { "the manifest's own parameters".to_string() } else { v.name.clone() };
         eprintln!("\n=== sweep {}/{}: {what} ===", n + 1, all.len());
-        let results = match run(&m, opts) {
+        let results = match run(m, opts) {
             Ok(r) => r,
             Err(e) if !v.sets.is_empty() => {
                 eprintln!("\nsweep stopped: {e:#}\n=== putting the manifest's own parameters back ===");

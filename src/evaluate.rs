@@ -366,13 +366,7 @@ pub fn run(paths: &EvaluatePaths, p: &EvaluateParams) -> Result<Vec<(String, Str
         .collect();
     if !val_probs.is_empty() {
         add(
-            plots::gate_heatmap(
-                &pd,
-                "gate_heatmap",
-                "Gate probabilities of val utterances (sorted by chosen expert)",
-                &val_probs,
-                &expert_names,
-            ),
+            plots::gate_heatmap(&pd, "gate_heatmap", "Gate probabilities on val utterances", &val_probs, &expert_names),
             "Gate probabilities on val, rows sorted by the chosen expert.",
         );
     }

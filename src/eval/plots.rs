@@ -536,11 +536,17 @@ fn draw_gate_heatmap<DB: DrawingBackend>(
     if order.is_empty() || experts.is_empty() {
         return no_data(root, title);
     }
-    let (w, _) = root.dim_in_pixel();
-    let (main, bar) = root.split_horizontally(w as i32 - 110);
+    // The title spans the whole width: over the heat map alone a long one would be cut off.
+    let body = root.titled(title, font(22))?;
+    let (w, _) = body.dim_in_pixel();
+    let (main, bar) = body.split_horizontally(w as i32 - 110);
     let n = order.len() as f64;
     let label = |x: &f64| category_label(experts, *x);
-    let mut chart = frame(&main, title).build_cartesian_2d(categories(experts.len()), 0.0..n)?;
+    let mut chart = ChartBuilder::on(&main)
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(categories(experts.len()), 0.0..n)?;
     mesh(&mut chart)
         .disable_mesh()
         .x_label_formatter(&label)
@@ -572,7 +578,7 @@ fn draw_gate_heatmap<DB: DrawingBackend>(
 
 fn color_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, desc: &str, lo: f64, hi: f64) -> DrawResult<DB> {
     let mut chart = ChartBuilder::on(area)
-        .margin_top(50)
+        .margin_top(12)
         .margin_bottom(57)
         .margin_right(10)
         .y_label_area_size(55)

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use whisper_moe::lora::{LoraConfig, Targets};
-use whisper_moe::train::{AdamW, AdamWConfig, EncoderCache, Example, GradMap, losses_of_rows};
+use whisper_moe::train::{AdamW, AdamWConfig, EncoderCache, Example, GradMap, utterance_losses};
 use whisper_moe::whisper::{Checkpoint, Task};
 
 #[global_allocator]
@@ -50,7 +50,7 @@ fn main() {
     );
     let t = Instant::now();
     let rows: Vec<(usize, Option<usize>)> = (0..4).map(|u| (u, Some(0))).collect();
-    let _ = losses_of_rows(&ck, &model, &mut cache, &examples, &rows, false); // fills the encoder cache
+    let _ = utterance_losses(&ck, &model, &mut cache, &examples, &rows, false); // fills the encoder cache
     println!("encoder (4 utterances, once, then cached): {:.2} s", t.elapsed().as_secs_f64());
     for (name, rows) in [
         ("1 expert, batch 4", (0..4).map(|u| (u, Some(0))).collect::<Vec<_>>()),
@@ -63,7 +63,7 @@ fn main() {
         let reps = 4;
         for _ in 0..reps + 1 {
             let t0 = Instant::now();
-            let loss = losses_of_rows(&ck, &model, &mut cache, &examples, &rows, true).mean();
+            let loss = utterance_losses(&ck, &model, &mut cache, &examples, &rows, true).mean();
             let _: f32 = loss.clone().into_scalar();
             let t1 = Instant::now();
             let grads = loss.backward();
@@ -89,14 +89,15 @@ fn main() {
         );
     }
     joint(&ck, &examples);
-    println!("peak RSS {:.0} MB", whisper_moe::embed::peak_rss_mb());
+    println!("peak RSS {:.0} MB", whisper_moe::util::peak_rss_mb());
 }
 
 /// Joint training steps per phase: 6 experts, a gate MLP 384 -> 256 -> 6, batch of 4
 /// utterances, k = 2; with the encoder caches warm (epochs after the first) and cold (every
 /// step encodes, as the first epoch does).
 fn joint(ck: &Checkpoint, examples: &[Example]) {
-    use whisper_moe::joint::{JointData, JointParams, Mixture, batch_loss};
+    use whisper_moe::routing::joint::{JointData, JointModel, batch_loss};
+    use whisper_moe::stage::joint::JointParams;
     use whisper_moe::routing::gate::{Gate, GateConfig};
     use whisper_moe::routing::schedule::Phase;
     let dev = ck.device.clone();
@@ -113,7 +114,7 @@ fn joint(ck: &Checkpoint, examples: &[Example]) {
         vec![1.0; d],
         &dev,
     );
-    let mut m = Mixture { whisper, gate, noise: None };
+    let mut m = JointModel { whisper, gate, noise: None };
     let data = JointData {
         examples: examples.to_vec(),
         embeddings: (0..examples.len() * d).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect(),

@@ -1,11 +1,51 @@
 #!/usr/bin/env bash
-# Runs the whole test suite in release mode (one build profile for tests and the pipeline).
-# Tests that need ../shared (the Hugging Face fixtures and checkpoint) read WHISPER_MOE_SHARED;
-# without it they print that they are skipped.
-set -euo pipefail
+# The test command. Runs, in release mode (one build profile for the tests and the pipeline):
+#   1. the Rust test suite (cargo nextest);
+#   2. Parquet interop: pyarrow, polars and duckdb read every artifact schema with the same
+#      values (scripts/check_interop.sh);
+#   3. PEFT interop both ways: our adapters load with PeftModel.from_pretrained and give
+#      transformers' logits, PEFT's adapters load here (scripts/check_peft_interop.sh; needs
+#      ../shared through WHISPER_MOE_SHARED).
+# It installs what it needs: cargo-nextest, and a pinned Python environment (scripts/pyenv.sh,
+# reused across runs). Extra arguments go to nextest and run only the Rust tests
+# (e.g. `scripts/test.sh -E 'test(parity)'`). Tests that need ../shared are skipped without
+# WHISPER_MOE_SHARED, and listed at the end; under CI=true they fail instead.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest" >&2
-  cargo install cargo-nextest --locked
+  cargo install cargo-nextest --locked || exit 1
 fi
-exec cargo nextest run --release --no-fail-fast "$@"
+target="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target"
+export WHISPER_MOE_SKIPS="$(cd "$target" && pwd)/skipped-tests.txt"
+: > "$WHISPER_MOE_SKIPS"
+ci=false
+case "${CI:-}" in ""|0|false|FALSE|False) ;; *) ci=true ;; esac
+
+failed=()
+cargo nextest run --release --no-fail-fast "$@" || failed+=("the Rust tests")
+if [ $# -eq 0 ]; then
+  echo; echo "== Parquet interop: pyarrow, polars, duckdb =="
+  scripts/check_interop.sh || failed+=("Parquet interop (scripts/check_interop.sh)")
+  echo; echo "== PEFT interop both ways =="
+  shared="${WHISPER_MOE_SHARED:-}"
+  if [ -n "$shared" ] && [ -f "$shared/models/whisper-tiny.en/model.safetensors" ]; then
+    scripts/check_peft_interop.sh || failed+=("PEFT interop (scripts/check_peft_interop.sh)")
+  elif $ci; then
+    echo "error: CI is set but WHISPER_MOE_SHARED does not point at shared/ with whisper-tiny.en" >&2
+    failed+=("PEFT interop (no ../shared)")
+  else
+    echo "PEFT interop: WHISPER_MOE_SHARED is not set" >> "$WHISPER_MOE_SKIPS"
+  fi
+fi
+
+if [ -s "$WHISPER_MOE_SKIPS" ]; then
+  echo; echo "*** SKIPPED (set WHISPER_MOE_SHARED to the shared/ directory to run them):"
+  sed 's/^/***   /' "$WHISPER_MOE_SKIPS"
+fi
+if ((${#failed[@]})); then
+  echo; echo "FAILED:"; printf '  %s\n' "${failed[@]}"
+  exit 1
+fi
+echo; echo "all tests and interop checks passed"

@@ -1,23 +1,25 @@
 //! whisper-moe: fine-tune Whisper as a mixture of LoRA experts.
 //!
-//! The library holds everything; `src/bin/pipeline.rs` and the binaries in `stages/` are thin
-//! recipes of library calls.
+//! The library holds everything; `src/bin/pipeline.rs` (the orchestrator and tools) and the
+//! binaries in `stages/` are thin. Each stage lives in one module of [`stage`]; below them:
+//! [`whisper`] (the model, loading, decoding, adapters), [`lora`] (multi-expert LoRA),
+//! [`train`] (the one training loop), [`routing`] (gate and curriculum), [`mixture`] (the one
+//! inference path), [`cluster`], [`embedding`], [`eval`], [`artifacts`], [`dataset`],
+//! [`audio`]; [`pipeline`] is the orchestrator and knows nothing about ML.
 
 pub mod artifacts;
 pub mod audio;
 pub mod cluster;
 pub mod dataset;
-pub mod embed;
+pub mod embedding;
 pub mod eval;
-pub mod evaluate;
-pub mod experts;
-pub mod joint;
 pub mod lora;
 pub mod mixture;
 pub mod pipeline;
 pub mod routing;
 pub mod stage;
 pub mod train;
+pub mod util;
 pub mod whisper;
 
 /// Keep freed memory in the process instead of returning it to the kernel at once: CPU

@@ -205,21 +205,25 @@ fn keep_going_runs_independent_stages() {
 
 #[test]
 fn jobs_run_independent_stages_at_the_same_time() {
-    let manifest = r#"
-stages:
-  x:
-    cmd: date +%s.%N > times_x_start; sleep 1; date +%s.%N > times_x_end; echo x > out_x
-    outs: [out_x]
-  y:
-    cmd: date +%s.%N > times_y_start; sleep 1; date +%s.%N > times_y_end; echo y > out_y
-    outs: [out_y]
-"#;
-    let t = Toy::new("jobs", manifest);
+    // Each stage announces itself, then waits for the other's announcement: they can only
+    // both finish when they run at the same time. Run one after the other, the first gives up
+    // after 20 s without its out and fails the run.
+    let wait = |me: &str, other: &str| {
+        format!(
+            "touch here_{me}; i=0; while [ ! -e here_{other} ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; \
+             [ -e here_{other} ] && echo {me} > out_{me}"
+        )
+    };
+    let manifest = format!(
+        "stages:\n  x:\n    cmd: {}\n    outs: [out_x]\n  y:\n    cmd: {}\n    outs: [out_y]\n",
+        wait("x", "y"),
+        wait("y", "x")
+    );
+    let t = Toy::new("jobs", &manifest);
     let out = t.run(&["all", "-j", "2"]);
     assert_eq!(out.ran().len(), 2);
-    let f = |n: &str| t.read(n).trim().parse::<f64>().unwrap();
-    let (xs, xe, ys, ye) = (f("times_x_start"), f("times_x_end"), f("times_y_start"), f("times_y_end"));
-    assert!(xs < ye && ys < xe, "stages did not overlap: x {xs}..{xe}, y {ys}..{ye}");
+    assert_eq!(t.read("out_x"), "x\n");
+    assert_eq!(t.read("out_y"), "y\n");
     // Output is prefixed with the stage name when stages run in parallel.
     assert!(t.read(".pipeline/logs/x.log").starts_with("$ "));
 }

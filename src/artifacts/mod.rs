@@ -3,6 +3,7 @@
 
 pub mod columns;
 pub mod dataset;
+pub mod grouping;
 pub mod samples;
 pub mod show;
 pub mod table;
@@ -16,6 +17,7 @@ use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use columns::*;
+pub use grouping::Grouping;
 pub use dataset::{
     CHECKPOINT_HASH, DatasetWriter, PARAMS_HASH, PRODUCER, Shard, read_dataset, read_metadata, standard_metadata,
     write_dataset,

@@ -360,7 +360,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     l.b = whisper_moe::lora::trainable(&format!("{name}.lora_B"), b);
                 }
             }
-            whisper_moe::lora::peft::save_expert(&ck.model, 0, &cfg, &model, &out)?;
+            whisper_moe::whisper::peft::save_expert(&ck.model, 0, &cfg, &model, &out)?;
             eprintln!("random adapter written to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -370,7 +370,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let mut ck = whisper_moe::whisper::Checkpoint::load(&model, &dev)?;
             let route = match &adapter {
                 Some(a) => {
-                    whisper_moe::lora::peft::load_experts(&mut ck.model, std::slice::from_ref(a), &dev)?;
+                    whisper_moe::whisper::peft::load_experts(&mut ck.model, std::slice::from_ref(a), &dev)?;
                     Some(whisper_moe::lora::Route::all(0, 1, &dev))
                 }
                 None => None,
@@ -408,22 +408,28 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 }
 
 fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
-    use whisper_moe::lora::Route;
+    use whisper_moe::mixture::Mixture;
+    use whisper_moe::mixture::transcribe::transcribe as decode_rows;
+    use whisper_moe::train::Example;
     use whisper_moe::whisper::{Checkpoint, device};
     let dev = device(&args.device)?;
+    let opts = whisper_moe::eval::EvalConfig {
+        batch_size: args.batch_size,
+        max_new_tokens: args.max_new_tokens,
+        ..Default::default()
+    };
+    // A mixture routes each file; otherwise one model (with one adapter, or none) decodes all.
     enum Runner {
         Plain(Checkpoint, Option<usize>),
-        Mixture(Box<whisper_moe::mixture::MixtureModel>),
+        Mixture(Box<Mixture>),
     }
     let runner = match &args.mixture {
-        Some(dir) => {
-            Runner::Mixture(Box::new(whisper_moe::mixture::MixtureModel::load(dir, args.model.as_deref(), &dev)?))
-        }
+        Some(dir) => Runner::Mixture(Box::new(Mixture::load(dir, args.model.as_deref(), &dev)?)),
         None => {
             let mut ck = Checkpoint::load(args.model.as_deref().unwrap_or("openai/whisper-tiny.en"), &dev)?;
             let expert = match &args.adapter {
                 Some(a) => {
-                    whisper_moe::lora::peft::load_experts(&mut ck.model, std::slice::from_ref(a), &dev)?;
+                    whisper_moe::whisper::peft::load_experts(&mut ck.model, std::slice::from_ref(a), &dev)?;
                     Some(0)
                 }
                 None => None,
@@ -434,41 +440,37 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     let mut failed = false;
     for chunk in args.files.chunks(args.batch_size.max(1)) {
         let mut clips = Vec::new();
-        let mut names = Vec::new();
         for f in chunk {
             match whisper_moe::audio::load_16k(f) {
-                Ok(d) => {
-                    clips.push(d.samples);
-                    names.push(f);
-                }
+                Ok(d) => clips.push(Example::clip(f.display().to_string(), d.samples)),
                 Err(e) => {
                     eprintln!("error: {e}");
                     failed = true;
                 }
             }
         }
+        let refs: Vec<&Example> = clips.iter().collect();
         match &runner {
             Runner::Plain(ck, expert) => {
-                let route = expert.map(|e| Route::all(e, clips.len(), &dev));
-                let out = ck.transcribe(&clips, args.batch_size, args.max_new_tokens, route.as_ref())?;
-                for (name, (text, _)) in names.iter().zip(out) {
+                let texts = decode_rows(ck, &ck.model, &refs, &vec![*expert; refs.len()], &opts, None)?;
+                for (clip, text) in clips.iter().zip(texts) {
                     if args.json {
-                        println!("{}", serde_json::json!({"file": name, "text": text.trim()}));
+                        println!("{}", serde_json::json!({"file": clip.id, "text": text}));
                     } else {
-                        println!("{}\t{}", name.display(), text.trim());
+                        println!("{}\t{}", clip.id, text);
                     }
                 }
             }
             Runner::Mixture(m) => {
-                for (name, r) in names.iter().zip(m.transcribe(&clips, args.batch_size, args.max_new_tokens)?) {
+                for (clip, r) in clips.iter().zip(m.transcribe_examples(&refs, &opts, None)?) {
                     if args.json {
                         println!(
                             "{}",
-                            serde_json::json!({"file": name, "text": r.text, "expert": r.expert, "probs": r.probs})
+                            serde_json::json!({"file": clip.id, "text": r.text, "expert": r.expert, "probs": r.probs})
                         );
                     } else {
                         let p: Vec<String> = r.probs.iter().map(|p| format!("{p:.3}")).collect();
-                        println!("{}\t{}\texpert {} (p = {})", name.display(), r.text, r.expert, p.join(" "));
+                        println!("{}\t{}\texpert {} (p = {})", clip.id, r.text, r.expert, p.join(" "));
                     }
                 }
             }

@@ -313,7 +313,7 @@ pub fn run(embeddings: &Path, out: &Path, p: &ClusterParams) -> Result<ClusterSu
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_dataset(&out.join("clusters"), &[o.clusters.to_batch()?], &m)?;
     write_dataset(&out.join("splits"), &[o.splits.to_batch()?], &m)?;
-    crate::stage::write_json(&out.join("summary.json"), &o.summary)?;
+    crate::util::write_json(&out.join("summary.json"), &o.summary)?;
     Ok(o.summary)
 }
 

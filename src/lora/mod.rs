@@ -1,4 +1,6 @@
-//! LoRA on Whisper's linear layers, with many experts per layer, PEFT-compatible.
+//! LoRA with many experts per layer: the multi-expert layer ([`layer`]), the adapter
+//! configuration and PEFT's target-matching rules. Attaching adapters to Whisper and the PEFT
+//! file layout are in `whisper::adapters` and `whisper::peft` (this module knows no model).
 //!
 //! Targets are chosen with PEFT's rules (peft/tuners/tuners_utils.py,
 //! `check_target_module_exists`): a list matches a module whose full name equals an entry or
@@ -6,16 +8,13 @@
 //! `all-linear` matches every linear layer (Whisper's output projection is tied and never one).
 
 pub mod layer;
-pub mod peft;
 
-use anyhow::{Result, bail};
 use burn::module::{Param, ParamId};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use layer::{MultiLora, Route};
 
-use crate::whisper::model::{Proj, Whisper};
 
 /// `target_modules` as PEFT takes it: a list of names, or one regex.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,80 +62,6 @@ impl Default for LoraConfig {
 impl LoraConfig {
     pub fn scale(&self) -> f64 {
         if self.use_rslora { self.alpha / (self.r as f64).sqrt() } else { self.alpha / self.r as f64 }
-    }
-}
-
-impl Whisper {
-    /// Every linear projection with its HF module name (`model.decoder.layers.0.self_attn.q_proj`).
-    pub fn projs_mut(&mut self) -> Vec<(String, &mut Proj)> {
-        let mut out: Vec<(String, &mut Proj)> = Vec::new();
-        for (i, l) in self.encoder.layers.iter_mut().enumerate() {
-            let p = format!("model.encoder.layers.{i}");
-            for (n, a) in [("self_attn", &mut l.self_attn)] {
-                out.push((format!("{p}.{n}.q_proj"), &mut a.q_proj));
-                out.push((format!("{p}.{n}.k_proj"), &mut a.k_proj));
-                out.push((format!("{p}.{n}.v_proj"), &mut a.v_proj));
-                out.push((format!("{p}.{n}.out_proj"), &mut a.out_proj));
-            }
-            out.push((format!("{p}.fc1"), &mut l.fc1));
-            out.push((format!("{p}.fc2"), &mut l.fc2));
-        }
-        for (i, l) in self.decoder.layers.iter_mut().enumerate() {
-            let p = format!("model.decoder.layers.{i}");
-            for (n, a) in [("self_attn", &mut l.self_attn), ("encoder_attn", &mut l.encoder_attn)] {
-                out.push((format!("{p}.{n}.q_proj"), &mut a.q_proj));
-                out.push((format!("{p}.{n}.k_proj"), &mut a.k_proj));
-                out.push((format!("{p}.{n}.v_proj"), &mut a.v_proj));
-                out.push((format!("{p}.{n}.out_proj"), &mut a.out_proj));
-            }
-            out.push((format!("{p}.fc1"), &mut l.fc1));
-            out.push((format!("{p}.fc2"), &mut l.fc2));
-        }
-        out
-    }
-
-    /// The adapters attached so far, by module name.
-    pub fn loras(&self) -> Vec<(String, MultiLora)> {
-        let mut m = self.clone();
-        m.projs_mut().into_iter().filter_map(|(n, p)| p.lora.clone().map(|l| (n, l))).collect()
-    }
-
-    /// Does any adapter touch the encoder? If not, the encoder is shared by all experts and
-    /// runs without gradients.
-    pub fn encoder_has_adapters(&self) -> bool {
-        self.encoder.layers.iter().any(|l| {
-            [&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj, &l.self_attn.out_proj, &l.fc1, &l.fc2]
-                .iter()
-                .any(|p| p.lora.is_some())
-        })
-    }
-
-    /// Attach fresh adapters for `experts` experts to every targeted projection: A uniform in
-    /// ±1/sqrt(d_in) (PEFT's kaiming_uniform with a = sqrt(5)), B zero, so an untrained adapter
-    /// is exactly the base model. Returns the targeted module names.
-    pub fn attach_lora(&mut self, cfg: &LoraConfig, experts: usize, device: &Device) -> Result<Vec<String>> {
-        let mut names = Vec::new();
-        for (name, proj) in self.projs_mut() {
-            if !cfg.target_modules.matches(&name) {
-                continue;
-            }
-            let (d_in, d_out) = (proj.d_in(), proj.d_out());
-            let bound = 1.0 / (d_in as f64).sqrt();
-            let a =
-                Tensor::<3>::random([experts, d_in, cfg.r], burn::tensor::Distribution::Uniform(-bound, bound), device);
-            let b = Tensor::<3>::zeros([experts, cfg.r, d_out], device);
-            proj.lora = Some(MultiLora {
-                a: trainable(&format!("{name}.lora_A"), a),
-                b: trainable(&format!("{name}.lora_B"), b),
-                scale: cfg.scale(),
-                dropout: cfg.dropout,
-            });
-            names.push(name);
-        }
-        if names.is_empty() {
-            bail!("LoRA target_modules {:?} match no linear layer of this Whisper", cfg.target_modules);
-        }
-        Ok(names)
     }
 }
 

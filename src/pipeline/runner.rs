@@ -311,7 +311,11 @@ fn stage_env(m: &Manifest, paths: &Paths, stage: &Stage, fp: &StageLock) -> Resu
         path.push(p);
     }
     let abs = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).to_string_lossy().into_owned();
+    let staging = paths.staging(&stage.name);
+    // Stages print paths for the user without this prefix (`stage::final_path`).
+    let staging_rel = staging.strip_prefix(&m.root).unwrap_or(&staging).to_string_lossy().into_owned();
     Ok(vec![
+        ("PIPELINE_STAGING".into(), staging_rel),
         ("PATH".into(), path.to_string_lossy().into_owned()),
         ("PIPELINE_STAGE".into(), stage.name.clone()),
         ("PIPELINE_PARAMS".into(), abs(&params_file)),

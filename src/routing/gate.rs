@@ -136,6 +136,11 @@ impl Gate {
         &self.cfg
     }
 
+    /// The device the gate's parameters are on.
+    pub fn device(&self) -> Device {
+        self.mean.val().device()
+    }
+
     /// Logits [b, experts] for raw (unscaled) embeddings [b, input_dim]. Dropout after each
     /// hidden activation only when `train`.
     pub fn forward(&self, x: Tensor<2>, train: bool) -> Tensor<2> {
@@ -184,23 +189,14 @@ impl Gate {
     }
 
     /// As [`Gate::save`], with extra string metadata in the safetensors header (e.g. the
-    /// checkpoint hash and pooling of the embeddings it was trained on).
+    /// checkpoint hash and pooling of the embeddings it was trained on). The header's keys are
+    /// sorted: the same gate gives the same bytes.
     pub fn save_with_metadata(&self, dir: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let tensors = self.tensors()?;
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-            tensors.into_iter().map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
-        let views = bytes
-            .iter()
-            .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let mut info: HashMap<String, String> = metadata.clone().into_iter().collect();
+        let mut info = metadata.clone();
         info.insert("format".into(), "pt".into());
-        let path = dir.join(WEIGHTS_FILE);
-        let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
-        safetensors::serialize_to_file(views, Some(info), &tmp)?;
-        std::fs::rename(&tmp, &path)?;
-        crate::stage::write_json(&dir.join(CONFIG_FILE), &self.cfg)
+        crate::util::write_safetensors(&dir.join(WEIGHTS_FILE), &self.tensors()?, &info)?;
+        crate::util::write_json(&dir.join(CONFIG_FILE), &self.cfg)
     }
 
     /// Load a gate saved by [`Gate::save`]. Every expected tensor must be present with its
@@ -338,11 +334,11 @@ mod tests {
         // A config that disagrees with the weights.
         let mut c = cfg();
         c.hidden = vec![8, 4];
-        crate::stage::write_json(&dir.join(CONFIG_FILE), &c).unwrap();
+        crate::util::write_json(&dir.join(CONFIG_FILE), &c).unwrap();
         let err = format!("{:#}", Gate::load(&dir, &dev).unwrap_err());
         assert!(err.contains("layers.1.weight") && err.contains("[5, 8]") && err.contains("[4, 8]"), "{err}");
         c.activation = "swish".into();
-        crate::stage::write_json(&dir.join(CONFIG_FILE), &c).unwrap();
+        crate::util::write_json(&dir.join(CONFIG_FILE), &c).unwrap();
         assert!(format!("{:#}", Gate::load(&dir, &dev).unwrap_err()).contains("swish"));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,26 +1,25 @@
 //! Gate pretraining on the cluster labels: the expert_pretrain + joint_train rows train, the
-//! val rows choose the epoch (early stopping on val loss) and report accuracy against the
-//! clusters.
+//! val rows choose the epoch (early stopping on val loss, the best epoch kept) and report
+//! accuracy against the clusters. It runs in the project's one training loop
+//! ([`crate::train::trainer`]) as a [`TrainTask`].
 //!
 //! Loss: cross-entropy on the hard cluster labels (`target: hard`), or KL(q || softmax(z))
-//! against the clusters' probabilities q (`target: soft`). AdamW with PyTorch's epsilon.
+//! against the clusters' probabilities q (`target: soft`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation;
-use rand::SeedableRng;
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::gate::{Gate, GateConfig};
-use crate::artifacts::table::{Table, Value};
-use crate::artifacts::{CHECKPOINT_HASH, Clusters, Embeddings, Splits, standard_metadata};
+use crate::artifacts::{CHECKPOINT_HASH, Clusters, Embeddings, Splits};
+use crate::train::optim::AdamWConfig;
+use crate::train::trainer::{EpochInfo, LoopConfig, StepInfo, TrainTask, train};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -32,39 +31,22 @@ pub enum Target {
     Soft,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GateParams {
-    pub hidden: Vec<usize>,
-    /// relu | gelu | tanh | silu
-    pub activation: String,
-    pub dropout: f64,
-    pub target: Target,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub batch_size: usize,
-    pub max_epochs: usize,
-    /// Stop after this many epochs without a lower val loss (0 = never stop early).
-    pub patience: usize,
-    pub seed: u64,
-    pub device: String,
-}
-
-impl Default for GateParams {
-    fn default() -> Self {
-        GateParams {
-            hidden: vec![256],
-            activation: "gelu".into(),
-            dropout: 0.1,
-            target: Target::Hard,
-            lr: 1e-3,
-            weight_decay: 0.01,
-            batch_size: 64,
-            max_epochs: 100,
-            patience: 10,
-            seed: 42,
-            device: "cpu".into(),
-        }
+crate::params! {
+    pub struct GateParams {
+        /// Hidden layer sizes of the MLP.
+        pub hidden: Vec<usize> = vec![256],
+        /// relu | gelu | tanh | silu
+        pub activation: String = "gelu".into(),
+        pub dropout: f64 = 0.1,
+        pub target: Target = Target::Hard,
+        pub lr: f64 = 1e-3,
+        pub weight_decay: f64 = 0.01,
+        pub batch_size: usize = 64,
+        pub max_epochs: usize = 100,
+        /// Stop after this many epochs without a lower val loss (0 = never stop early).
+        pub patience: usize = 10,
+        pub seed: u64 = 42,
+        pub device: String = "cpu".into(),
     }
 }
 
@@ -89,15 +71,7 @@ impl GateData {
         let row_of: HashMap<&str, usize> = emb.ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
         let cl_of: HashMap<&str, usize> = clusters.ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
         let k = clusters.k;
-        let mut d = GateData {
-            dim: emb.dim,
-            experts: k,
-            x: Vec::new(),
-            label: Vec::new(),
-            soft: Vec::new(),
-            train: Vec::new(),
-            val: Vec::new(),
-        };
+        let mut d = GateData::empty(emb.dim, k);
         for (id, split) in splits.ids.iter().zip(&splits.split) {
             let which = match split.as_str() {
                 "expert_pretrain" | "joint_train" => &mut d.train,
@@ -121,6 +95,22 @@ impl GateData {
         Ok(d)
     }
 
+    /// No rows yet, for `dim`-wide embeddings and `experts` experts.
+    pub fn empty(dim: usize, experts: usize) -> GateData {
+        GateData { dim, experts, x: vec![], label: vec![], soft: vec![], train: vec![], val: vec![] }
+    }
+
+    /// What a training checkpoint must match to be resumed: the rows and the parameters.
+    pub fn fingerprint(&self, p: &GateParams) -> Result<String> {
+        let mut h = blake3::Hasher::new();
+        h.update(serde_json::to_string(p)?.as_bytes());
+        for v in &self.x {
+            h.update(&v.to_le_bytes());
+        }
+        h.update(format!("{:?}|{:?}|{:?}|{:?}", self.label, self.soft, self.train, self.val).as_bytes());
+        Ok(h.finalize().to_hex().to_string())
+    }
+
     fn rows(&self, idx: &[usize]) -> Vec<f32> {
         idx.iter().flat_map(|&i| self.x[i * self.dim..(i + 1) * self.dim].iter().copied()).collect()
     }
@@ -142,7 +132,7 @@ impl GateData {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
     pub train_loss: f64,
@@ -189,8 +179,103 @@ fn evaluate(gate: &Gate, d: &GateData, idx: &[usize], target: Target, device: &D
     Ok((loss / idx.len() as f64, correct as f64 / idx.len() as f64))
 }
 
-/// Train a gate on `d`. `device` is the plain device; training runs on its autodiff twin.
-pub fn pretrain(d: &GateData, p: &GateParams, device: &Device) -> Result<Pretrained> {
+/// Gate pretraining as the training loop sees it.
+struct GateTask<'a> {
+    d: &'a GateData,
+    p: &'a GateParams,
+    plain: Device,
+    /// sum q ln q per row: the constant part of the KL, so the reported soft loss is the KL.
+    neg_entropy: Vec<f64>,
+    /// The epoch's reported training loss (loss + constant), summed over rows.
+    total: f64,
+    state: GateState,
+}
+
+/// What the stage's outputs are made from; kept in training checkpoints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct GateState {
+    epochs: Vec<EpochMetrics>,
+    /// (epoch, score) of the best epoch so far.
+    best: Option<(usize, f64)>,
+}
+
+impl TrainTask<Gate> for GateTask<'_> {
+    fn batches(&mut self, _epoch: usize, rng: &mut StdRng) -> Result<Vec<Vec<usize>>> {
+        self.total = 0.0;
+        let mut order = self.d.train.clone();
+        order.shuffle(rng);
+        Ok(order.chunks(self.p.batch_size).map(<[usize]>::to_vec).collect())
+    }
+
+    fn loss(&mut self, gate: &Gate, batch: &[usize], _at: &StepInfo) -> Result<Tensor<1>> {
+        let (d, b) = (self.d, batch.len());
+        let dev = gate.device();
+        let x = Tensor::<2>::from_data(TensorData::new(d.rows(batch), [b, d.dim]), &dev);
+        let logp = activation::log_softmax(gate.forward(x, true), 1); // [b, k]
+        let loss = match self.p.target {
+            Target::Hard => {
+                let labels: Vec<i64> = batch.iter().map(|&i| d.label[i] as i64).collect();
+                let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [b, 1]), &dev);
+                logp.gather(1, labels).neg().mean() // [1]
+            }
+            Target::Soft => {
+                let q: Vec<f32> =
+                    batch.iter().flat_map(|&i| d.soft[i * d.experts..(i + 1) * d.experts].iter().copied()).collect();
+                let q = Tensor::<2>::from_data(TensorData::new(q, [b, d.experts]), &dev);
+                (logp * q).sum_dim(1).neg().mean() // cross-entropy part of the KL, [1]
+            }
+        };
+        let constant = match self.p.target {
+            Target::Soft => batch.iter().map(|&i| self.neg_entropy[i]).sum::<f64>() / b as f64,
+            Target::Hard => 0.0,
+        };
+        self.total += (loss.clone().into_scalar::<f32>() as f64 + constant) * b as f64;
+        Ok(loss)
+    }
+
+    fn end_epoch(&mut self, gate: &Gate, best: Option<&mut Gate>, info: &EpochInfo) -> Result<bool> {
+        let epoch = info.epoch - 1;
+        let (val_loss, val_accuracy) = evaluate(&gate.valid(), self.d, &self.d.val, self.p.target, &self.plain)?;
+        let m = EpochMetrics { epoch, train_loss: self.total / self.d.train.len() as f64, val_loss, val_accuracy };
+        eprintln!(
+            "gate epoch {epoch}: train loss {:.4}  val loss {:.4}  val accuracy {:.4}",
+            m.train_loss, m.val_loss, m.val_accuracy
+        );
+        self.state.epochs.push(m);
+        // Lower val loss is better; without val rows the last epoch wins.
+        let score = if self.d.val.is_empty() { -(epoch as f64) } else { val_loss };
+        if self.state.best.is_none_or(|(_, s)| score < s) {
+            self.state.best = Some((epoch, score));
+            if let Some(b) = best {
+                *b = gate.clone();
+            }
+            return Ok(false);
+        }
+        let since = epoch - self.state.best.map(|b| b.0).unwrap_or(0);
+        Ok(self.p.patience > 0 && since >= self.p.patience)
+    }
+
+    fn state(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(&self.state)?)
+    }
+
+    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
+        self.state = serde_json::from_value(state)?;
+        Ok(())
+    }
+
+    fn keeps_best(&self) -> bool {
+        true
+    }
+
+    fn progress_label(&self, _epoch: usize, _epochs: usize) -> Option<String> {
+        None
+    }
+}
+
+/// Train a gate on `d`; checkpoints go to `ckpt`. `device` is the plain device; training
+/// runs on its autodiff twin.
+pub fn pretrain(d: &GateData, p: &GateParams, device: &Device, ckpt: &Path) -> Result<Pretrained> {
     let cfg = GateConfig {
         input_dim: d.dim,
         hidden: p.hidden.clone(),
@@ -202,15 +287,14 @@ pub fn pretrain(d: &GateData, p: &GateParams, device: &Device) -> Result<Pretrai
     if p.batch_size == 0 || p.max_epochs == 0 {
         bail!("gate: batch_size and max_epochs must be > 0");
     }
-    let plain = device.clone().inner();
     let ad = device.clone().autodiff();
     ad.seed(p.seed);
     let (mean, std) = d.train_scaler();
-    let mut gate = Gate::new(&cfg, mean, std, &ad);
-    let mut optim = AdamWConfig::new().with_weight_decay(p.weight_decay as f32).with_epsilon(1e-8).init();
-    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-    // Constant part of the KL: sum q ln q, so that the reported soft loss is the KL itself.
-    let neg_entropy: Vec<f64> = (0..d.label.len())
+    let gate = Gate::new(&cfg, mean, std, &ad);
+    if d.val.is_empty() {
+        eprintln!("warning: no val rows: the gate trains for max_epochs {} without early stopping", p.max_epochs);
+    }
+    let neg_entropy = (0..d.label.len())
         .map(|i| {
             d.soft[i * d.experts..(i + 1) * d.experts]
                 .iter()
@@ -219,87 +303,28 @@ pub fn pretrain(d: &GateData, p: &GateParams, device: &Device) -> Result<Pretrai
                 .sum()
         })
         .collect();
-    if d.val.is_empty() {
-        eprintln!("warning: no val rows: the gate trains for max_epochs {} without early stopping", p.max_epochs);
-    }
-    let mut epochs = Vec::new();
-    let mut best: Option<(usize, f64, Gate)> = None;
-    let mut stopped_early = false;
-    let mut order = d.train.clone();
-    for epoch in 0..p.max_epochs {
-        order.shuffle(&mut rng);
-        let mut total = 0.0;
-        for batch in order.chunks(p.batch_size) {
-            let b = batch.len();
-            let x = Tensor::<2>::from_data(TensorData::new(d.rows(batch), [b, d.dim]), &ad);
-            let logp = activation::log_softmax(gate.forward(x, true), 1); // [b, k]
-            let loss = match p.target {
-                Target::Hard => {
-                    let labels: Vec<i64> = batch.iter().map(|&i| d.label[i] as i64).collect();
-                    let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [b, 1]), &ad);
-                    logp.gather(1, labels).neg().mean() // [1]
-                }
-                Target::Soft => {
-                    let q: Vec<f32> = batch
-                        .iter()
-                        .flat_map(|&i| d.soft[i * d.experts..(i + 1) * d.experts].iter().copied())
-                        .collect();
-                    let q = Tensor::<2>::from_data(TensorData::new(q, [b, d.experts]), &ad);
-                    (logp * q).sum_dim(1).neg().mean() // cross-entropy part of the KL, [1]
-                }
-            };
-            let value = loss.clone().into_scalar::<f32>() as f64;
-            if !value.is_finite() {
-                bail!("gate: non-finite training loss at epoch {epoch} (try a lower lr)");
-            }
-            let constant = if p.target == Target::Soft {
-                batch.iter().map(|&i| neg_entropy[i]).sum::<f64>() / b as f64
-            } else {
-                0.0
-            };
-            total += (value + constant) * b as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &gate);
-            gate = optim.step(p.lr, gate, grads);
-        }
-        let eval_gate = gate.valid();
-        let (val_loss, val_accuracy) = evaluate(&eval_gate, d, &d.val, p.target, &plain)?;
-        let m = EpochMetrics { epoch, train_loss: total / d.train.len() as f64, val_loss, val_accuracy };
-        eprintln!(
-            "gate epoch {epoch}: train loss {:.4}  val loss {:.4}  val accuracy {:.4}",
-            m.train_loss, m.val_loss, m.val_accuracy
-        );
-        epochs.push(m);
-        // Lower val loss is better; without val rows the last epoch wins.
-        let score = if d.val.is_empty() { -(epoch as f64) } else { val_loss };
-        if best.as_ref().is_none_or(|(_, s, _)| score < *s) {
-            best = Some((epoch, score, eval_gate));
-        } else if p.patience > 0 && epoch - best.as_ref().map(|b| b.0).unwrap_or(0) >= p.patience {
-            stopped_early = true;
-            break;
-        }
-    }
-    let (best_epoch, _, gate) = best.expect("at least one epoch");
-    Ok(Pretrained { gate, epochs, best: best_epoch, stopped_early })
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct GateSummary {
-    pub experts: usize,
-    pub input_dim: usize,
-    pub hidden: Vec<usize>,
-    pub target: Target,
-    pub train_rows: usize,
-    pub val_rows: usize,
-    pub epochs_run: usize,
-    pub best_epoch: usize,
-    pub stopped_early: bool,
-    pub train_loss: f64,
-    pub val_loss: Option<f64>,
-    /// Accuracy against the cluster labels on val at the best epoch.
-    pub val_accuracy: Option<f64>,
-    pub checkpoint_hash: Option<String>,
-    pub pooling: Option<String>,
-    pub seconds: f64,
+    let mut task =
+        GateTask { d, p, plain: device.clone().inner(), neg_entropy, total: 0.0, state: GateState::default() };
+    let loop_cfg = LoopConfig {
+        epochs: p.max_epochs,
+        learning_rate: p.lr,
+        warmup_steps: 0,
+        max_grad_norm: 0.0,
+        gradient_accumulation_steps: 1,
+        optimizer: AdamWConfig { weight_decay: p.weight_decay, ..AdamWConfig::default() },
+        seed: p.seed,
+        save_every_n_epochs: 10,
+        max_steps: None,
+    };
+    let fingerprint = d.fingerprint(p)?;
+    let t = train(gate, &mut task, &loop_cfg, ckpt, &fingerprint)?;
+    let best = task.state.best.map(|b| b.0).context("gate: no epoch ran")?;
+    Ok(Pretrained {
+        gate: t.best.context("the kept gate")?.valid(),
+        epochs: task.state.epochs,
+        best,
+        stopped_early: t.stopped_early,
+    })
 }
 
 /// Refuse inputs made from different embeddings (the "one Whisper source" rule).
@@ -323,90 +348,28 @@ pub fn check_same_source(
     Ok(())
 }
 
-/// The whole stage: read and check the inputs, pretrain, write `out/gate.safetensors`,
-/// `out/gate_config.json`, `out/metrics/` and `out/summary.json`.
-pub fn run(embeddings: &Path, clusters: &Path, splits: &Path, out: &Path, p: &GateParams) -> Result<GateSummary> {
-    let start = Instant::now();
-    let (emb, emeta) = Embeddings::read(embeddings)?;
-    let (cl, cmeta) = Clusters::read(clusters)?;
-    let (sp, smeta) = Splits::read(splits)?;
-    check_same_source(&emeta, &cmeta, "clusters", clusters)?;
-    check_same_source(&emeta, &smeta, "splits", splits)?;
-    if let Some(k) = cmeta.get(crate::cluster::EXPERTS) {
-        if k.parse::<usize>().ok() != Some(cl.k) {
-            bail!("{}: metadata says {k} experts but the probabilities have {} columns", clusters.display(), cl.k);
-        }
-    }
-    let data = GateData::join(&emb, &cl, &sp)?;
-    let device = crate::whisper::device(&p.device)?;
-    let t = pretrain(&data, p, &device)?;
-    let mut meta = standard_metadata("gate", emeta.get(CHECKPOINT_HASH).map(String::as_str));
-    for key in crate::cluster::CARRIED_METADATA {
-        if let Some(v) = emeta.get(key) {
-            meta.insert(key.to_string(), v.clone());
-        }
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    t.gate.save_with_metadata(out, &meta)?;
-    // One row per epoch; val columns are null without val rows.
-    let mut metrics = Table::default();
-    let opt = |v: f64| if v.is_finite() { Value::F(v) } else { Value::Null };
-    for e in &t.epochs {
-        metrics.push(vec![
-            ("epoch", e.epoch.into()),
-            ("train_loss", e.train_loss.into()),
-            ("val_loss", opt(e.val_loss)),
-            ("val_accuracy", opt(e.val_accuracy)),
-        ])?;
-    }
-    metrics.write(&out.join("metrics"), &meta)?;
-    let best = &t.epochs[t.best];
-    let finite = |v: f64| v.is_finite().then_some(v);
-    let summary = GateSummary {
-        experts: data.experts,
-        input_dim: data.dim,
-        hidden: p.hidden.clone(),
-        target: p.target,
-        train_rows: data.train.len(),
-        val_rows: data.val.len(),
-        epochs_run: t.epochs.len(),
-        best_epoch: t.best,
-        stopped_early: t.stopped_early,
-        train_loss: best.train_loss,
-        val_loss: finite(best.val_loss),
-        val_accuracy: finite(best.val_accuracy),
-        checkpoint_hash: emeta.get(CHECKPOINT_HASH).cloned(),
-        pooling: emeta.get("pooling").cloned(),
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    crate::stage::write_json(&out.join("summary.json"), &summary)?;
-    Ok(summary)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("wm-gate-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
     /// Separable synthetic embeddings: `k` centres in `dim` dims, noise std 1, shifted and
     /// scaled per dimension so that the scaler matters.
     fn data(k: usize, per: usize, dim: usize, seed: u64) -> GateData {
-        use rand::Rng;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut normal = || {
             let u1: f64 = 1.0 - rng.random::<f64>();
             let u2: f64 = rng.random::<f64>();
             ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
         };
         let centres: Vec<Vec<f32>> = (0..k).map(|_| (0..dim).map(|_| 1.5 * normal()).collect()).collect();
-        let mut d = GateData {
-            dim,
-            experts: k,
-            x: Vec::new(),
-            label: Vec::new(),
-            soft: Vec::new(),
-            train: Vec::new(),
-            val: Vec::new(),
-        };
+        let mut d = GateData::empty(dim, k);
         for i in 0..k * per {
             let c = i % k;
             d.x.extend(centres[c].iter().enumerate().map(|(j, m)| (m + normal()) * (1.0 + j as f32) + 10.0));
@@ -422,7 +385,7 @@ mod tests {
         let d = data(4, 60, 32, 3);
         for target in [Target::Hard, Target::Soft] {
             let p = GateParams { hidden: vec![32], max_epochs: 8, target, ..GateParams::default() };
-            let t = pretrain(&d, &p, &Device::flex()).unwrap();
+            let t = pretrain(&d, &p, &Device::flex(), &tmp("learn")).unwrap();
             let acc = t.epochs[t.best].val_accuracy;
             assert!(acc >= 0.95, "{target:?}: val accuracy {acc}");
             assert!(t.epochs.last().unwrap().train_loss < t.epochs[0].train_loss);
@@ -436,8 +399,8 @@ mod tests {
     fn training_is_reproducible_for_a_seed() {
         let d = data(3, 30, 8, 4);
         let p = GateParams { hidden: vec![16], max_epochs: 3, ..GateParams::default() };
-        let a = pretrain(&d, &p, &Device::flex()).unwrap();
-        let b = pretrain(&d, &p, &Device::flex()).unwrap();
+        let a = pretrain(&d, &p, &Device::flex(), &tmp("repro-a")).unwrap();
+        let b = pretrain(&d, &p, &Device::flex(), &tmp("repro-b")).unwrap();
         assert_eq!(a.epochs, b.epochs);
     }
 

@@ -1,11 +1,13 @@
 //! Whisper: config, model (burn), weights, tokenizer, decoding, and where checkpoints come
 //! from. Model code knows nothing about Parquet or the command line.
 
+pub mod adapters;
 pub mod config;
 pub mod ct2;
 pub mod decode;
 pub mod kernels;
 pub mod model;
+pub mod peft;
 pub mod source;
 pub mod testing;
 pub mod tokenizer;
@@ -22,7 +24,6 @@ pub use model::Whisper;
 pub use tokenizer::{Task, WhisperTokenizer};
 
 use crate::audio::mel::{LogMel, N_FRAMES};
-use crate::lora::Route;
 
 /// The compute device: the flex CPU backend, or CUDA when built with the `cuda` feature.
 pub fn device(spec: &str) -> Result<Device> {
@@ -122,27 +123,6 @@ impl Checkpoint {
             eot: self.tokenizer.eot,
         }
     }
-
-    /// Greedy transcripts (and token ids) of 16-kHz clips, in batches of `batch`.
-    pub fn transcribe(
-        &self,
-        clips: &[Vec<f32>],
-        batch: usize,
-        max_new_tokens: usize,
-        route: Option<&Route>,
-    ) -> Result<Vec<(String, Vec<u32>)>> {
-        let prompt = self.prompt(None, Task::Transcribe)?;
-        let opts = self.greedy_options(max_new_tokens);
-        let mut out = Vec::with_capacity(clips.len());
-        for chunk in clips.chunks(batch.max(1)) {
-            let feats: Vec<Vec<f32>> = chunk.iter().map(|c| self.features(c)).collect();
-            let enc = self.model.encoder.forward(self.mel_batch(&feats), route);
-            for ids in greedy(&self.model, enc, &prompt, &opts, route) {
-                out.push((self.tokenizer.decode(&ids[prompt.len()..])?, ids));
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// blake3 over the weight files of a checkpoint directory (sorted names and contents).
@@ -156,7 +136,7 @@ pub fn weights_hash(dir: &Path) -> Result<String> {
     let mut h = blake3::Hasher::new();
     for n in names {
         h.update(n.as_bytes());
-        h.update(&crate::pipeline::hash::hash_file(&dir.join(&n))?);
+        h.update(&crate::util::hash_file(&dir.join(&n))?);
     }
     Ok(h.finalize().to_hex().to_string())
 }

@@ -3,17 +3,52 @@
 
 use std::path::PathBuf;
 
-/// ../shared (fixtures and checkpoint), from WHISPER_MOE_SHARED; None (and a loud note) when unset.
+/// The files the tests that need ../shared read: the transformers fixtures and the checkpoint.
+pub const SHARED_FILES: &[&str] = &[
+    "fixtures/whisper-tiny.en/manifest.json",
+    "fixtures/whisper-tiny.en/frontend.safetensors",
+    "models/whisper-tiny.en/config.json",
+    "models/whisper-tiny.en/model.safetensors",
+    "models/whisper-tiny.en/tokenizer.json",
+];
+
+/// Is this a CI run (`CI` set to anything but empty, 0 or false)? There a test that needs
+/// ../shared must not pass by skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// What is wrong with WHISPER_MOE_SHARED, if anything.
+pub fn shared_problem() -> Option<String> {
+    let Some(p) = std::env::var_os("WHISPER_MOE_SHARED") else {
+        return Some("WHISPER_MOE_SHARED is not set (point it at the shared/ directory; .ci/run does)".into());
+    };
+    let root = PathBuf::from(p);
+    let missing: Vec<String> =
+        SHARED_FILES.iter().filter(|f| !root.join(f).is_file()).map(|f| root.join(f).display().to_string()).collect();
+    (!missing.is_empty())
+        .then(|| format!("WHISPER_MOE_SHARED={} lacks {}", root.display(), missing.join(", ")))
+}
+
+/// ../shared (fixtures and checkpoint), from WHISPER_MOE_SHARED. Under CI a missing or
+/// incomplete directory fails the test; elsewhere the test is skipped loudly: the note goes to
+/// stderr and to the file named by WHISPER_MOE_SKIPS, which scripts/test.sh prints at the end
+/// (nextest hides the output of passing tests).
 pub fn shared(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("WHISPER_MOE_SHARED") {
-        Some(p) if PathBuf::from(&p).join("fixtures").is_dir() => Some(PathBuf::from(p)),
-        _ => {
-            eprintln!(
-                "\n*** SKIPPED {test}: set WHISPER_MOE_SHARED to the shared/ directory (fixtures, models) to run it; .ci/run does ***\n"
-            );
-            None
+    let Some(problem) = shared_problem() else {
+        return Some(PathBuf::from(std::env::var_os("WHISPER_MOE_SHARED").unwrap()));
+    };
+    if in_ci() {
+        panic!("{test} needs ../shared and CI is set: {problem}");
+    }
+    eprintln!("\n*** SKIPPED {test}: {problem} ***\n");
+    if let Some(log) = std::env::var_os("WHISPER_MOE_SKIPS") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{test}: {problem}");
         }
     }
+    None
 }
 
 pub struct Fixture {
@@ -68,4 +103,63 @@ pub fn fixtures(shared: &std::path::Path) -> Vec<Fixture> {
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A training task that records which batches and epochs ran, and fails (a simulated kill)
+/// when it reaches batch `fail_at` = (epoch, batch), both 0-based.
+pub struct Interrupt<T> {
+    pub inner: T,
+    pub fail_at: Option<(usize, usize)>,
+    /// (epoch, batch) of every loss computed.
+    pub losses: Vec<(usize, usize)>,
+    /// The 1-based epochs that ended.
+    pub epochs_ended: Vec<usize>,
+}
+
+impl<T> Interrupt<T> {
+    pub fn new(inner: T, fail_at: Option<(usize, usize)>) -> Interrupt<T> {
+        Interrupt { inner, fail_at, losses: Vec::new(), epochs_ended: Vec::new() }
+    }
+}
+
+impl<M: burn::module::Module, T: whisper_moe::train::TrainTask<M>> whisper_moe::train::TrainTask<M> for Interrupt<T> {
+    fn batches(&mut self, epoch: usize, rng: &mut rand::rngs::StdRng) -> anyhow::Result<Vec<Vec<usize>>> {
+        self.inner.batches(epoch, rng)
+    }
+    fn loss(
+        &mut self,
+        model: &M,
+        batch: &[usize],
+        at: &whisper_moe::train::StepInfo,
+    ) -> anyhow::Result<burn::tensor::Tensor<1>> {
+        if self.fail_at == Some((at.epoch, at.batch)) {
+            anyhow::bail!("killed at epoch {} batch {}", at.epoch, at.batch);
+        }
+        self.losses.push((at.epoch, at.batch));
+        self.inner.loss(model, batch, at)
+    }
+    fn end_epoch(
+        &mut self,
+        model: &M,
+        best: Option<&mut M>,
+        info: &whisper_moe::train::EpochInfo,
+    ) -> anyhow::Result<bool> {
+        self.epochs_ended.push(info.epoch);
+        self.inner.end_epoch(model, best, info)
+    }
+    fn state(&self) -> anyhow::Result<serde_json::Value> {
+        self.inner.state()
+    }
+    fn restore(&mut self, state: serde_json::Value) -> anyhow::Result<()> {
+        self.inner.restore(state)
+    }
+    fn keeps_best(&self) -> bool {
+        self.inner.keeps_best()
+    }
+    fn lr_scale(&self, path: &str) -> f64 {
+        self.inner.lr_scale(path)
+    }
+    fn progress_label(&self, epoch: usize, epochs: usize) -> Option<String> {
+        self.inner.progress_label(epoch, epochs)
+    }
 }

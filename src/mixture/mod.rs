@@ -1,0 +1,154 @@
+//! A trained mixture for inference, and the one path every caller decodes through:
+//! audio -> pooled base-encoder embedding (the same pooling and layer as training) -> gate
+//! ([`router`]) -> the chosen expert's adapters -> greedy decoding ([`transcribe`]).
+
+pub mod router;
+pub mod transcribe;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use router::{Router, Routes};
+
+use crate::audio::mel::valid_encoder_frames;
+use crate::embedding::{Pooling, embed_features, pool, resolve_layer};
+use crate::eval::EvalConfig;
+use crate::lora::LoraConfig;
+use crate::routing::gate::Gate;
+use crate::train::{EncoderCache, Example};
+use crate::whisper::Checkpoint;
+use crate::whisper::model::Whisper;
+
+/// The routing configuration saved with a mixture (`routing.json`): what inference needs to
+/// route new audio exactly as training did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MixtureConfig {
+    pub experts: usize,
+    pub adapters: Vec<String>,
+    pub top_k_experts: usize,
+    /// The temperature at the end of training: routing probabilities are softmax(z / T).
+    pub temperature: f64,
+    pub checkpoint_hash: String,
+    pub base_model: String,
+    pub pooling: String,
+    pub layer: Option<i64>,
+    pub lora: LoraConfig,
+}
+
+impl MixtureConfig {
+    pub fn read(dir: &Path) -> Result<MixtureConfig> {
+        crate::util::read_json(&dir.join("routing.json")).context("reading a mixture (stage joint's mixture/)")
+    }
+
+    pub fn adapter_dirs(&self, dir: &Path) -> Vec<PathBuf> {
+        self.adapters.iter().map(|a| dir.join(a)).collect()
+    }
+}
+
+/// A loaded mixture: the base checkpoint, the experts' adapters on one model, the gate.
+pub struct Mixture {
+    pub ck: Checkpoint,
+    pub model: Whisper,
+    pub gate: Gate,
+    pub config: MixtureConfig,
+    pooling: Pooling,
+    layer: usize,
+}
+
+/// One routed transcription.
+#[derive(Debug, Clone, Serialize)]
+pub struct Routed {
+    pub text: String,
+    pub expert: usize,
+    pub probs: Vec<f32>,
+}
+
+impl Mixture {
+    /// Load `dir` (the joint stage's `mixture/`); `base_model` overrides the checkpoint it
+    /// names (its hash must still match).
+    pub fn load(dir: &Path, base_model: Option<&str>, device: &Device) -> Result<Mixture> {
+        let config = MixtureConfig::read(dir)?;
+        let source = base_model.unwrap_or(&config.base_model);
+        let ck = Checkpoint::load(source, device).with_context(|| {
+            format!("loading the base model `{source}` of {} (pass --model to point elsewhere)", dir.display())
+        })?;
+        Self::with_checkpoint(dir, config, ck)
+    }
+
+    /// As [`Mixture::load`] with the base checkpoint already loaded.
+    pub fn with_checkpoint(dir: &Path, config: MixtureConfig, ck: Checkpoint) -> Result<Mixture> {
+        if ck.hash != config.checkpoint_hash {
+            bail!(
+                "{} is not the checkpoint the mixture in {} was trained on (hash {} vs {})",
+                ck.dir.display(),
+                dir.display(),
+                ck.hash,
+                config.checkpoint_hash
+            );
+        }
+        let mut model = ck.model.clone();
+        crate::whisper::peft::load_experts(&mut model, &config.adapter_dirs(dir), &ck.device)?;
+        let gate = Gate::load(&dir.join("gate"), &ck.device)?;
+        let pooling = Pooling::from_name(&config.pooling).with_context(|| format!("{}/routing.json", dir.display()))?;
+        let layer = resolve_layer(config.layer, ck.config.encoder_layers)?;
+        Ok(Mixture { ck, model, gate, config, pooling, layer })
+    }
+
+    pub fn router(&self) -> Router<'_> {
+        Router { gate: &self.gate, temperature: self.config.temperature }
+    }
+
+    /// Route utterances from their audio: pooled base-encoder states (from `cache` when the
+    /// pooled layer is the last and a cache is given) -> gate.
+    pub fn route(&self, examples: &[&Example], cache: Option<&mut EncoderCache>) -> Result<Routes> {
+        let samples: Vec<usize> = examples.iter().map(|e| e.audio.len()).collect();
+        let emb = match cache {
+            Some(c) if self.layer == self.ck.config.encoder_layers => {
+                let valid: Vec<usize> = samples.iter().map(|&n| valid_encoder_frames(n)).collect();
+                pool(c.states(&self.ck, &self.ck.model.encoder, examples), &valid, self.pooling)
+            }
+            _ => {
+                let feats: Vec<Vec<f32>> = examples.iter().map(|e| self.ck.features(&e.audio)).collect();
+                embed_features(&self.ck, &feats, &samples, self.layer, self.pooling).0
+            }
+        };
+        self.router().route(emb)
+    }
+
+    /// Route and transcribe utterances in batches of `opts.batch_size`: the path of
+    /// `pipeline transcribe --mixture` and of evaluate's mixture system. `cache` holds base
+    /// encoder states shared with other systems.
+    pub fn transcribe_examples(
+        &self,
+        examples: &[&Example],
+        opts: &EvalConfig,
+        mut cache: Option<&mut EncoderCache>,
+    ) -> Result<Vec<Routed>> {
+        let mut out = Vec::with_capacity(examples.len());
+        for chunk in examples.chunks(opts.batch_size.max(1)) {
+            // Without a shared cache, one for the batch: routing and decoding share the pass.
+            let mut local = EncoderCache::new(chunk.len());
+            let c = match cache.as_deref_mut() {
+                Some(c) => c,
+                None => &mut local,
+            };
+            let routes = self.route(chunk, Some(&mut *c))?;
+            let experts: Vec<Option<usize>> = routes.top1().into_iter().map(Some).collect();
+            let texts = transcribe::transcribe(&self.ck, &self.model, chunk, &experts, opts, Some(c))?;
+            for (i, text) in texts.into_iter().enumerate() {
+                out.push(Routed { text, expert: experts[i].unwrap(), probs: routes.row(i).to_vec() });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Route and transcribe 16-kHz clips.
+    pub fn transcribe(&self, clips: &[Vec<f32>], opts: &EvalConfig) -> Result<Vec<Routed>> {
+        let exs: Vec<Example> = clips.iter().enumerate().map(|(i, c)| Example::clip(i.to_string(), c.clone())).collect();
+        let refs: Vec<&Example> = exs.iter().collect();
+        self.transcribe_examples(&refs, opts, None)
+    }
+}

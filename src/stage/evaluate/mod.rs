@@ -1,0 +1,182 @@
+//! Stage evaluate: WER and CER of the base model, the mixture with top-1 routing, oracle
+//! routing and the dense baseline on test (and val), per cluster and per label column;
+//! routing accuracy and the label-versus-expert confusion; plots; the HTML report.
+//!
+//! In four steps, one module each: [`systems`] transcribes, [`score`] scores, [`plots`]
+//! draws, and `run` below writes the predictions, `metrics.json` and the report.
+
+pub mod plots;
+pub mod score;
+pub mod systems;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Stage;
+use crate::artifacts::standard_metadata;
+use crate::dataset::Columns;
+use crate::eval::EvalConfig;
+use crate::eval::report::{ReportData, SystemResult, plots_dir, write_report};
+use crate::eval::wer::Score;
+
+crate::params! {
+    pub struct EvaluateParams {
+        /// The splits of the clusters stage to evaluate; the first one is the report's.
+        pub splits: Vec<String> = vec!["test".into(), "val".into()],
+        pub eval: EvalConfig = EvalConfig::default(),
+        /// A column of the dataset to break results down by (e.g. domain).
+        pub label_column: Option<String> = Some("domain".into()),
+        pub device: String = "cpu".into(),
+        pub language: Option<String> = None,
+        pub columns: Columns = Columns::default(),
+    }
+}
+
+/// Inputs and outputs of stage evaluate.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvaluatePaths {
+    #[command(flatten)]
+    pub base: super::ModelData,
+    #[arg(long)]
+    pub embeddings: PathBuf,
+    /// The cluster stage's output (clusters/, splits/).
+    #[arg(long)]
+    pub clusters: PathBuf,
+    #[arg(long)]
+    pub experts: PathBuf,
+    #[arg(long)]
+    pub joint: PathBuf,
+    #[arg(long)]
+    pub dense: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// One line of `metrics.json`'s results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResultRow {
+    pub system: String,
+    pub split: String,
+    pub wer: f64,
+    pub cer: f64,
+    pub words: u64,
+}
+
+/// `metrics.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    pub results: Vec<ResultRow>,
+    /// Share of the first split's utterances the gate sends to their cluster's expert.
+    pub routing_accuracy: Option<f64>,
+}
+
+/// What the stage prints: the result table and where the report is.
+pub struct EvaluateReport {
+    pub results: Vec<(String, String, Score)>,
+    pub report: PathBuf,
+}
+
+impl fmt::Display for EvaluateReport {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", result_table(&self.results))?;
+        write!(f, "report: {}", self.report.display())
+    }
+}
+
+pub struct Evaluate;
+
+impl Stage for Evaluate {
+    const NAME: &'static str = "evaluate";
+    const ABOUT: &'static str = "Evaluate the base model, the mixture, oracle routing and the dense baseline";
+    type Paths = EvaluatePaths;
+    type Params = EvaluateParams;
+    type Summary = EvaluateReport;
+
+    fn run(paths: &EvaluatePaths, p: &EvaluateParams) -> Result<EvaluateReport> {
+        let inp = systems::Inputs::load(paths, p)?;
+        let (runs, routing_probs) = systems::transcribe_splits(&inp, p)?;
+        let scored = score::score_runs(&inp, &runs, p)?;
+        let meta = standard_metadata("evaluate", Some(&inp.ck().hash));
+        scored.predictions.write(&paths.out.join("predictions"), &meta)?;
+        let first = p.splits.first().cloned().unwrap_or_default();
+        let routing = score::routing_summary(&inp, &runs, &first, p.label_column.as_deref());
+        let report_dir = paths.out.join("report");
+        let figs = plots::draw(
+            &plots_dir(&report_dir),
+            &plots::PlotInputs {
+                joint: &paths.joint,
+                experts_dir: &paths.experts,
+                experts: inp.experts,
+                scored: &scored,
+                routing: &routing,
+                routing_probs: &routing_probs,
+                split: &first,
+                label_column: p.label_column.as_deref(),
+            },
+        )?;
+        let accuracy = (routing.total > 0).then(|| routing.correct as f64 / routing.total as f64);
+        let data = ReportData {
+            title: "whisper-moe evaluation".into(),
+            facts: vec![
+                ("model".to_string(), paths.base.model.clone()),
+                ("experts".to_string(), inp.experts.to_string()),
+                ("splits".to_string(), p.splits.join(", ")),
+                ("normalizer".to_string(), format!("{:?}", p.eval.normalizer)),
+            ],
+            notes: vec![
+                "mixture: the gate's top-1 expert per utterance, routed from the audio as `pipeline transcribe --mixture` does; oracle: the expert of the utterance's cluster; dense: one adapter trained on all training utterances with the mixture's step budget.".to_string(),
+            ],
+            systems: ordered_systems(scored.by_system, &p.splits),
+            routing: Some(routing),
+            plots: figs,
+        };
+        write_report(&report_dir, &data)?;
+        let results: Vec<ResultRow> = scored
+            .results
+            .iter()
+            .map(|(s, sp, sc)| ResultRow {
+                system: s.clone(),
+                split: sp.clone(),
+                wer: sc.wer(),
+                cer: sc.cer(),
+                words: sc.words.words,
+            })
+            .collect();
+        crate::util::write_json(&paths.out.join("metrics.json"), &Metrics { results, routing_accuracy: accuracy })?;
+        Ok(EvaluateReport { results: scored.results, report: super::final_path(&report_dir.join("index.html")) })
+    }
+}
+
+/// The report's systems: per split, in [`systems::SYSTEMS`] order.
+fn ordered_systems(
+    mut by: std::collections::BTreeMap<(String, String), SystemResult>,
+    splits: &[String],
+) -> Vec<SystemResult> {
+    let mut out = Vec::new();
+    for split in splits {
+        for s in systems::SYSTEMS {
+            if let Some(r) = by.remove(&(split.clone(), s.to_string())) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// The result table as text (system x split WER/CER).
+pub fn result_table(results: &[(String, String, Score)]) -> String {
+    let mut s = String::from("system    split  WER      CER      words\n");
+    for (sys, split, sc) in results {
+        s.push_str(&format!(
+            "{sys:<9} {split:<6} {:>6.2}%  {:>6.2}%  {}\n",
+            100.0 * sc.wer(),
+            100.0 * sc.cer(),
+            sc.words.words
+        ));
+    }
+    s
+}
+

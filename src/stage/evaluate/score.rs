@@ -1,0 +1,96 @@
+//! Evaluate, step 2: score every transcript (WER/CER after the normaliser), overall, per
+//! cluster and per label; the predictions table; routing accuracy against the clusters and
+//! the label-versus-expert confusion of the first evaluated split.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+
+use super::EvaluateParams;
+use super::systems::{Inputs, Run};
+use crate::artifacts::table::Table;
+use crate::eval::report::{Confusion, RoutingSummary, SystemResult};
+use crate::eval::wer::{Score, score};
+
+/// Scores of every run.
+pub struct Scored {
+    /// One row per (system, split, utterance).
+    pub predictions: Table,
+    /// (system, split, overall score), in run order.
+    pub results: Vec<(String, String, Score)>,
+    /// Per (split, system): overall and per-group scores.
+    pub by_system: BTreeMap<(String, String), SystemResult>,
+}
+
+pub fn score_runs(inp: &Inputs, runs: &[Run], p: &EvaluateParams) -> Result<Scored> {
+    let mut predictions = Table::default();
+    let mut results = Vec::new();
+    let mut by_system = BTreeMap::new();
+    for run in runs {
+        let mut overall = Score::default();
+        let mut groups: BTreeMap<String, BTreeMap<String, Score>> = BTreeMap::new();
+        for (i, e, hyp) in &run.rows {
+            let ex = &inp.examples[*i];
+            let s = score(p.eval.normalizer, &ex.text, hyp);
+            overall += s;
+            let cluster = inp.cluster_of[&ex.id];
+            *groups.entry("cluster".into()).or_default().entry(format!("cluster {cluster}")).or_default() += s;
+            let label = inp.label_of.get(&ex.id);
+            if let (Some(l), Some(col)) = (label, &p.label_column) {
+                *groups.entry(col.clone()).or_default().entry(l.clone()).or_default() += s;
+            }
+            predictions.push(vec![
+                ("system", run.system.as_str().into()),
+                ("split", run.split.as_str().into()),
+                ("id", ex.id.as_str().into()),
+                ("reference", ex.text.as_str().into()),
+                ("hypothesis", hyp.as_str().into()),
+                ("expert", e.map(|x| x as i64).into()),
+                ("cluster", (cluster as i64).into()),
+                ("label", label.cloned().into()),
+                ("substitutions", (s.words.substitutions as i64).into()),
+                ("insertions", (s.words.insertions as i64).into()),
+                ("deletions", (s.words.deletions as i64).into()),
+                ("words", (s.words.words as i64).into()),
+                ("char_errors", (s.chars.errors() as i64).into()),
+                ("chars", (s.chars.words as i64).into()),
+            ])?;
+        }
+        results.push((run.system.clone(), run.split.clone(), overall));
+        let name = format!("{} ({})", run.system, run.split);
+        let r = SystemResult { name, utterances: run.rows.len() as u64, overall, groups };
+        by_system.insert((run.split.clone(), run.system.clone()), r);
+    }
+    Ok(Scored { predictions, results, by_system })
+}
+
+/// Routing accuracy of the mixture against the clusters on `split`, and the confusion of the
+/// label column against the chosen expert.
+pub fn routing_summary(inp: &Inputs, runs: &[Run], split: &str, label_column: Option<&str>) -> RoutingSummary {
+    let Some(run) = runs.iter().find(|r| r.system == "mixture" && r.split == split) else {
+        return RoutingSummary { correct: 0, total: 0, confusions: vec![] };
+    };
+    let id = |i: usize| inp.examples[i].id.as_str();
+    let correct = run.rows.iter().filter(|(i, e, _)| Some(inp.cluster_of[id(*i)]) == *e).count();
+    let mut confusions = Vec::new();
+    if let Some(col) = label_column {
+        let mut labels: Vec<String> = run.rows.iter().filter_map(|(i, _, _)| inp.label_of.get(id(*i)).cloned()).collect();
+        labels.sort();
+        labels.dedup();
+        if !labels.is_empty() {
+            let mut counts = vec![vec![0u64; inp.experts]; labels.len()];
+            for (i, e, _) in &run.rows {
+                if let (Some(l), Some(e)) = (inp.label_of.get(id(*i)), e) {
+                    counts[labels.iter().position(|x| x == l).unwrap()][*e] += 1;
+                }
+            }
+            confusions.push(Confusion {
+                label_column: col.to_string(),
+                labels,
+                experts: (0..inp.experts).map(|e| format!("expert {e}")).collect(),
+                counts,
+            });
+        }
+    }
+    RoutingSummary { correct: correct as u64, total: run.rows.len() as u64, confusions }
+}

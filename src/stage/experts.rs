@@ -1,0 +1,431 @@
+//! Stage experts: one LoRA adapter per cluster, pretrained on that cluster's
+//! `expert_pretrain` utterances (all experts in the same batched passes). Writes one adapter
+//! directory per expert in PEFT's layout, per-expert metrics (train loss per epoch, val loss
+//! and WER on the cluster's val utterances, epoch 0 = the base model) and `experts.json`, the
+//! typed manifest the joint and dense stages read.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::Stage;
+use crate::artifacts::Grouping;
+use crate::artifacts::standard_metadata;
+use crate::artifacts::table::Table;
+use crate::dataset::{Columns, Dataset};
+use crate::eval::EvalConfig;
+use crate::eval::wer::{Score, score};
+use crate::lora::LoraConfig;
+use crate::mixture::transcribe::transcribe;
+use crate::train::{
+    EncoderCache, EpochInfo, Example, Row, StepInfo, TrainConfig, TrainTask, examples_from_dataset, train,
+    weighted_loss,
+};
+use crate::whisper::model::Whisper;
+use crate::whisper::Checkpoint;
+
+crate::params! {
+    /// Parameters of the experts stage (and of the dense baseline, which trains the same way).
+    pub struct ExpertsParams {
+        pub lora: LoraConfig = LoraConfig::default(),
+        pub train: TrainConfig = TrainConfig::default(),
+        /// With soft cluster probabilities, an utterance trains its top-k clusters' experts.
+        pub assign_top_k: usize = 1,
+        pub device: String = "cpu".into(),
+        pub language: Option<String> = None,
+        pub eval: EvalConfig = EvalConfig::default(),
+        pub columns: Columns = Columns::default(),
+    }
+}
+
+/// Inputs and outputs of stage experts.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExpertsPaths {
+    #[command(flatten)]
+    pub base: super::ModelData,
+    /// The cluster stage's output (clusters/, splits/).
+    #[arg(long)]
+    pub clusters: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// One expert's figures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExpertSummary {
+    pub expert: usize,
+    pub train_rows: usize,
+    pub val_utterances: usize,
+    pub val_loss_base: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub val_wer_base: Option<f64>,
+    pub val_wer: Option<f64>,
+}
+
+/// `experts.json`: what later stages read from this one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExpertsManifest {
+    pub experts: usize,
+    pub base_model: String,
+    pub checkpoint_hash: String,
+    pub lora: LoraConfig,
+    /// Adapter directories, relative to the stage's output, expert 0 first.
+    pub adapters: Vec<String>,
+    pub optimizer_steps: u64,
+    pub summary: Vec<ExpertSummary>,
+}
+
+impl ExpertsManifest {
+    pub fn read(dir: &Path) -> Result<ExpertsManifest> {
+        crate::util::read_json(&dir.join("experts.json"))
+    }
+
+    pub fn adapter_dirs(&self, dir: &Path) -> Vec<PathBuf> {
+        self.adapters.iter().map(|a| dir.join(a)).collect()
+    }
+}
+
+/// What the stage prints.
+pub struct ExpertsReport(pub Vec<ExpertSummary>);
+
+impl fmt::Display for ExpertsReport {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let opt = |v: Option<f64>, pct: bool| match v {
+            Some(x) if pct => format!("{:.1}%", 100.0 * x),
+            Some(x) => format!("{x:.3}"),
+            None => "-".into(),
+        };
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "expert {}: {} rows; val loss {} -> {}; val WER {} -> {}",
+                s.expert,
+                s.train_rows,
+                opt(s.val_loss_base, false),
+                opt(s.val_loss, false),
+                opt(s.val_wer_base, true),
+                opt(s.val_wer, true)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Experts;
+
+impl Stage for Experts {
+    const NAME: &'static str = "experts";
+    const ABOUT: &'static str = "Pretrain one LoRA expert per cluster";
+    type Paths = ExpertsPaths;
+    type Params = ExpertsParams;
+    type Summary = ExpertsReport;
+
+    fn run(paths: &ExpertsPaths, p: &ExpertsParams) -> Result<ExpertsReport> {
+        let (ck, g) = super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, true)?;
+        let dev = ck.device.clone();
+        let k = g.experts();
+        let data = ExpertData::gather(&ck, &g, &paths.base.dataset, p)?;
+        eprintln!(
+            "experts: {k} experts, {} training rows {:?}, {} val utterances",
+            data.rows.len(),
+            data.train_count,
+            data.val.len()
+        );
+        if let Some(e) = data.train_count.iter().position(|&c| c == 0) {
+            eprintln!("warning: expert {e} has no expert_pretrain utterance; it stays the base model");
+        }
+        let mut model = ck.model.clone();
+        dev.seed(p.train.seed);
+        let targeted = model.attach_lora(&p.lora, k, &dev)?;
+        eprintln!(
+            "LoRA r={} alpha={} on {} modules (encoder shared: {})",
+            p.lora.r,
+            p.lora.alpha,
+            targeted.len(),
+            !model.encoder_has_adapters()
+        );
+        let mut task = AdapterTask::new(&ck, &data.examples, &data.rows, k, &p.train, Some((&data.val, &p.eval)));
+        task.record_base(&model)?;
+        let fingerprint = crate::util::hash_str(&format!(
+            "{}|{}|{}|{:?}",
+            serde_json::to_string(p)?,
+            ck.hash,
+            g.metadata.get("params_hash").cloned().unwrap_or_default(),
+            data.rows
+        ));
+        let ckpt = paths.out.join("checkpoint");
+        let trained = train(model, &mut task, &p.train.loop_config(), &ckpt, &fingerprint)?;
+        let model = trained.model;
+        for e in 0..k {
+            crate::whisper::peft::save_expert(&model, e, &p.lora, &paths.base.model, &paths.out.join(format!("expert_{e}")))?;
+        }
+        let mut meta = standard_metadata("experts", Some(&ck.hash));
+        meta.insert("experts".into(), k.to_string());
+        task.metrics_table(&data.train_count)?.write(&paths.out.join("metrics"), &meta)?;
+        let summary = task.summary(&data.train_count, &data.val);
+        let manifest = ExpertsManifest {
+            experts: k,
+            base_model: paths.base.model.clone(),
+            checkpoint_hash: ck.hash.clone(),
+            lora: p.lora.clone(),
+            adapters: (0..k).map(|e| format!("expert_{e}")).collect(),
+            optimizer_steps: trained.steps,
+            summary: summary.clone(),
+        };
+        crate::util::write_json(&paths.out.join("experts.json"), &manifest)?;
+        std::fs::remove_dir_all(&ckpt).context("removing the training checkpoint")?;
+        Ok(ExpertsReport(summary))
+    }
+}
+
+/// The utterances of expert pretraining: examples (pretrain first, then val), the training
+/// rows and the val rows with the expert of their cluster.
+pub struct ExpertData {
+    pub examples: Vec<Example>,
+    pub rows: Vec<Row>,
+    pub val: Vec<(usize, Option<usize>)>,
+    pub train_count: Vec<usize>,
+}
+
+impl ExpertData {
+    fn gather(ck: &Checkpoint, g: &Grouping, dataset: &Path, p: &ExpertsParams) -> Result<ExpertData> {
+        let pretrain = g.split("expert_pretrain");
+        let val = g.split("val");
+        if pretrain.is_empty() {
+            bail!("no expert_pretrain utterances in the clusters");
+        }
+        let ds = Dataset::open(dataset, &p.columns)?;
+        let wanted: HashSet<String> = pretrain.iter().chain(&val).map(|(_, id)| id.to_string()).collect();
+        let by_id = examples_from_dataset(ck, &ds, &wanted, p.train.leading_space, p.language.as_deref())?;
+        let mut examples = Vec::new();
+        let mut index = HashMap::new();
+        for (_, id) in pretrain.iter().chain(&val) {
+            index.entry(id.to_string()).or_insert_with(|| {
+                examples.push(by_id[*id].clone());
+                examples.len() - 1
+            });
+        }
+        let rows: Vec<Row> = pretrain
+            .iter()
+            .flat_map(|&(r, id)| {
+                let ex = index[id];
+                g.experts_of(r, p.assign_top_k).into_iter().map(move |e| Row { example: ex, expert: Some(e), weight: 1.0 })
+            })
+            .collect();
+        let val: Vec<(usize, Option<usize>)> =
+            val.iter().map(|&(r, id)| (index[id], Some(g.clusters.cluster[r] as usize))).collect();
+        let mut train_count = vec![0usize; g.experts()];
+        for r in &rows {
+            train_count[r.expert.unwrap()] += 1;
+        }
+        Ok(ExpertData { examples, rows, val, train_count })
+    }
+}
+
+/// One epoch's figures per expert (epoch 0 = before training).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub loss: Option<f64>,
+    pub expert_loss: Vec<Option<f64>>,
+    pub steps: u64,
+    pub val_loss: Vec<Option<f64>>,
+    pub val_wer: Vec<Option<f64>>,
+}
+
+/// Training on fixed (utterance, expert) rows: expert pretraining, and the dense baseline
+/// (one expert, every training utterance).
+pub struct AdapterTask<'a> {
+    ck: &'a Checkpoint,
+    examples: &'a [Example],
+    rows: &'a [Row],
+    experts: usize,
+    batch_size: usize,
+    cache: EncoderCache,
+    /// Val rows (example, expert) and how to decode them; None = no per-epoch validation.
+    validation: Option<(&'a [(usize, Option<usize>)], &'a EvalConfig)>,
+    /// Row-loss sums per expert in the current epoch.
+    epoch_loss: Vec<(f64, usize)>,
+    pub records: Vec<EpochRecord>,
+}
+
+impl<'a> AdapterTask<'a> {
+    pub fn new(
+        ck: &'a Checkpoint,
+        examples: &'a [Example],
+        rows: &'a [Row],
+        experts: usize,
+        train: &TrainConfig,
+        validation: Option<(&'a [(usize, Option<usize>)], &'a EvalConfig)>,
+    ) -> AdapterTask<'a> {
+        AdapterTask {
+            ck,
+            examples,
+            rows,
+            experts,
+            batch_size: train.batch_size.max(1),
+            cache: train.encoder_cache(),
+            validation,
+            epoch_loss: vec![(0.0, 0); experts],
+            records: Vec::new(),
+        }
+    }
+
+    /// Per-expert val loss and WER of `model` (an inference copy is made).
+    pub fn validate(&mut self, model: &Whisper, val: &[(usize, Option<usize>)], eval: &EvalConfig) -> Result<(Vec<Option<f64>>, Vec<Option<Score>>)> {
+        evaluate_experts(self.ck, &model.valid(), &mut self.cache, self.examples, val, self.experts, eval)
+    }
+
+    /// Epoch 0: the model before training (with fresh adapters, the base model).
+    pub fn record_base(&mut self, model: &Whisper) -> Result<()> {
+        let (val_loss, val_wer) = match self.validation {
+            Some((val, eval)) => self.validate(model, val, eval)?,
+            None => (vec![None; self.experts], vec![None; self.experts]),
+        };
+        self.records.push(EpochRecord {
+            epoch: 0,
+            expert_loss: vec![None; self.experts],
+            val_loss,
+            val_wer: val_wer.iter().map(|s| s.map(|s| s.wer())).collect(),
+            ..Default::default()
+        });
+        Ok(())
+    }
+
+    /// The experts stage's metrics table: one row per expert and epoch.
+    pub fn metrics_table(&self, train_count: &[usize]) -> Result<Table> {
+        let mut t = Table::default();
+        for r in &self.records {
+            for e in 0..self.experts {
+                t.push(vec![
+                    ("expert", e.into()),
+                    ("epoch", r.epoch.into()),
+                    ("train_loss", r.expert_loss[e].into()),
+                    ("val_loss", r.val_loss[e].into()),
+                    ("val_wer", r.val_wer[e].into()),
+                    ("train_rows", train_count[e].into()),
+                ])?;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Per-expert summary: base (epoch 0) against the last epoch.
+    pub fn summary(&self, train_count: &[usize], val: &[(usize, Option<usize>)]) -> Vec<ExpertSummary> {
+        let (first, last) = (self.records.first(), self.records.last());
+        (0..self.experts)
+            .map(|e| ExpertSummary {
+                expert: e,
+                train_rows: train_count[e],
+                val_utterances: val.iter().filter(|(_, x)| *x == Some(e)).count(),
+                val_loss_base: first.and_then(|r| r.val_loss[e]),
+                val_loss: last.and_then(|r| r.val_loss[e]),
+                val_wer_base: first.and_then(|r| r.val_wer[e]),
+                val_wer: last.and_then(|r| r.val_wer[e]),
+            })
+            .collect()
+    }
+}
+
+impl TrainTask<Whisper> for AdapterTask<'_> {
+    fn batches(&mut self, _epoch: usize, rng: &mut StdRng) -> Result<Vec<Vec<usize>>> {
+        self.epoch_loss = vec![(0.0, 0); self.experts];
+        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        order.shuffle(rng);
+        Ok(order.chunks(self.batch_size).map(<[usize]>::to_vec).collect())
+    }
+
+    fn loss(&mut self, model: &Whisper, batch: &[usize], _at: &StepInfo) -> Result<Tensor<1>> {
+        let rows: Vec<Row> = batch.iter().map(|&i| self.rows[i]).collect();
+        let (loss, losses) = weighted_loss(self.ck, model, &mut self.cache, self.examples, &rows, rows.len(), true);
+        let values: Vec<f32> = losses.into_data().try_into_vec_as()?;
+        for (r, l) in rows.iter().zip(values) {
+            if let Some(e) = r.expert {
+                self.epoch_loss[e].0 += l as f64;
+                self.epoch_loss[e].1 += 1;
+            }
+        }
+        Ok(loss)
+    }
+
+    fn end_epoch(&mut self, model: &Whisper, _best: Option<&mut Whisper>, info: &EpochInfo) -> Result<bool> {
+        let expert_loss: Vec<Option<f64>> =
+            self.epoch_loss.iter().map(|(s, c)| (*c > 0).then(|| s / *c as f64)).collect();
+        let (val_loss, val_wer) = match self.validation {
+            Some((val, eval)) => self.validate(model, val, eval)?,
+            None => (vec![None; self.experts], vec![None; self.experts]),
+        };
+        if self.validation.is_some() {
+            let fmt = |v: Vec<String>| v.join(" ");
+            eprintln!(
+                "epoch {}: train loss {:.4}; val loss {}; val WER {}",
+                info.epoch,
+                info.loss,
+                fmt(val_loss.iter().map(|v| v.map_or("-".into(), |x| format!("{x:.3}"))).collect()),
+                fmt(val_wer.iter().map(|v| v.map_or("-".into(), |s| format!("{:.1}%", 100.0 * s.wer()))).collect()),
+            );
+        }
+        self.records.push(EpochRecord {
+            epoch: info.epoch,
+            loss: Some(info.loss),
+            expert_loss,
+            steps: info.steps,
+            val_loss,
+            val_wer: val_wer.iter().map(|s| s.map(|s| s.wer())).collect(),
+        });
+        Ok(false)
+    }
+
+    fn state(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(&self.records)?)
+    }
+
+    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
+        self.records = serde_json::from_value(state)?;
+        Ok(())
+    }
+}
+
+/// Per-expert mean val loss and WER; `val` rows are (example, expert of its cluster).
+pub fn evaluate_experts(
+    ck: &Checkpoint,
+    model: &Whisper,
+    cache: &mut EncoderCache,
+    examples: &[Example],
+    val: &[(usize, Option<usize>)],
+    experts: usize,
+    eval: &EvalConfig,
+) -> Result<(Vec<Option<f64>>, Vec<Option<Score>>)> {
+    let mut loss = vec![(0.0f64, 0usize); experts];
+    for chunk in val.chunks(eval.batch_size.max(1)) {
+        let rows: Vec<Row> = chunk.iter().map(|&(i, e)| Row { example: i, expert: e, weight: 1.0 }).collect();
+        let (_, l) = weighted_loss(ck, model, cache, examples, &rows, rows.len(), false);
+        let l: Vec<f32> = l.into_data().try_into_vec_as()?;
+        for ((_, e), v) in chunk.iter().zip(l) {
+            if let Some(e) = e {
+                loss[*e].0 += v as f64;
+                loss[*e].1 += 1;
+            }
+        }
+    }
+    let exs: Vec<&Example> = val.iter().map(|(i, _)| &examples[*i]).collect();
+    let routes: Vec<Option<usize>> = val.iter().map(|(_, e)| *e).collect();
+    let hyps = transcribe(ck, model, &exs, &routes, eval, Some(cache))?;
+    let mut wer: Vec<Option<Score>> = vec![None; experts];
+    for ((e, h), (_, route)) in exs.iter().zip(&hyps).zip(val) {
+        if let Some(r) = route {
+            let s = score(eval.normalizer, &e.text, h);
+            wer[*r] = Some(wer[*r].map_or(s, |w| w + s));
+        }
+    }
+    Ok((loss.iter().map(|(s, n)| (*n > 0).then(|| s / *n as f64)).collect(), wer))
+}

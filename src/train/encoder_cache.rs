@@ -1,0 +1,125 @@
+//! Encoder states of utterances, computed once without gradients and reused across batches,
+//! epochs and experts when no adapter touches the encoder; and the base cross-attention
+//! keys/values of the decoder, which depend only on those states and frozen weights.
+
+use std::collections::HashMap;
+
+use burn::prelude::*;
+
+use super::examples::Example;
+use crate::whisper::Checkpoint;
+
+/// Encoder states of utterances, computed once without gradients and reused across batches
+/// and epochs (valid when no adapter touches the encoder).
+pub struct EncoderCache {
+    states: HashMap<String, Tensor<2>>,
+    /// Keep at most this many utterances (each is 1500 x d_model floats).
+    capacity: usize,
+    /// Base (adapter-free) cross-attention keys and values per decoder layer, per utterance.
+    cross: HashMap<String, Vec<(Tensor<2>, Tensor<2>)>>,
+    /// Budget for `cross` in bytes (each utterance holds 2 x layers x 1500 x d_model floats).
+    cross_budget: usize,
+}
+
+impl EncoderCache {
+    pub fn new(capacity: usize) -> EncoderCache {
+        EncoderCache { states: HashMap::new(), capacity, cross: HashMap::new(), cross_budget: 0 }
+    }
+
+    /// Also keep the decoder's base cross-attention keys/values, up to `mb` megabytes: they
+    /// depend only on frozen weights and the frozen encoder, and computing them is most of a
+    /// decoder pass over a short transcript.
+    pub fn with_cross_kv(mut self, mb: usize) -> EncoderCache {
+        self.cross_budget = mb << 20;
+        self
+    }
+
+    /// Base cross-attention (keys, values) [n, 1500, d] of each decoder layer for `examples`,
+    /// whose encoder states are `enc` [n, 1500, d]. `decoder` must be an inference copy.
+    pub fn cross_kv(
+        &mut self,
+        decoder: &crate::whisper::model::Decoder,
+        enc: &Tensor<3>,
+        examples: &[&Example],
+    ) -> Vec<(Tensor<3>, Tensor<3>)> {
+        let [_, t, d] = enc.dims();
+        let per_utt = 2 * decoder.layers.len() * t * d * 4;
+        let missing: Vec<usize> = (0..examples.len()).filter(|&i| !self.cross.contains_key(&examples[i].id)).collect();
+        let mut fresh: HashMap<usize, Vec<(Tensor<2>, Tensor<2>)>> = HashMap::new();
+        if !missing.is_empty() {
+            let device = enc.device();
+            let idx = Tensor::<1, Int>::from_data(
+                TensorData::new(missing.iter().map(|&i| i as i64).collect::<Vec<_>>(), [missing.len()]),
+                &device,
+            );
+            let x = enc.clone().select(0, idx);
+            let kv: Vec<(Tensor<3>, Tensor<3>)> = decoder
+                .layers
+                .iter()
+                .map(|l| {
+                    (l.encoder_attn.k_proj.forward(x.clone(), None), l.encoder_attn.v_proj.forward(x.clone(), None))
+                })
+                .collect();
+            for (j, &i) in missing.iter().enumerate() {
+                let one: Vec<(Tensor<2>, Tensor<2>)> = kv
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone().slice(s![j..j + 1, .., ..]).reshape([t, d]),
+                            v.clone().slice(s![j..j + 1, .., ..]).reshape([t, d]),
+                        )
+                    })
+                    .collect();
+                if (self.cross.len() + 1) * per_utt <= self.cross_budget {
+                    self.cross.insert(examples[i].id.clone(), one);
+                } else {
+                    fresh.insert(i, one);
+                }
+            }
+        }
+        (0..decoder.layers.len())
+            .map(|l| {
+                let get = |i: usize| -> &(Tensor<2>, Tensor<2>) {
+                    &self.cross.get(&examples[i].id).unwrap_or_else(|| &fresh[&i])[l]
+                };
+                let ks: Vec<Tensor<2>> = (0..examples.len()).map(|i| get(i).0.clone()).collect();
+                let vs: Vec<Tensor<2>> = (0..examples.len()).map(|i| get(i).1.clone()).collect();
+                (Tensor::stack(ks, 0), Tensor::stack(vs, 0))
+            })
+            .collect()
+    }
+
+    /// States [n, 1500, d] of `examples` (plain device: constants for the autodiff graph).
+    pub fn states(
+        &mut self,
+        ck: &Checkpoint,
+        encoder: &crate::whisper::model::Encoder,
+        examples: &[&Example],
+    ) -> Tensor<3> {
+        let missing: Vec<&Example> = {
+            let mut seen = std::collections::HashSet::new();
+            examples.iter().filter(|e| !self.states.contains_key(&e.id) && seen.insert(e.id.clone())).copied().collect()
+        };
+        let mut fresh: HashMap<String, Tensor<2>> = HashMap::new();
+        if !missing.is_empty() {
+            let feats: Vec<Vec<f32>> = missing.iter().map(|e| ck.features(&e.audio)).collect();
+            let enc = encoder.forward(ck.mel_batch(&feats), None); // [m, 1500, d]
+            let [m, t, d] = enc.dims();
+            for (i, e) in missing.iter().enumerate() {
+                let s = enc.clone().slice(s![i..i + 1, .., ..]).reshape([t, d]);
+                if self.states.len() < self.capacity {
+                    self.states.insert(e.id.clone(), s);
+                } else {
+                    fresh.insert(e.id.clone(), s);
+                }
+            }
+            let _ = m;
+        }
+        let rows: Vec<Tensor<2>> = examples
+            .iter()
+            .map(|e| self.states.get(&e.id).or_else(|| fresh.get(&e.id)).expect("encoded").clone())
+            .collect();
+        Tensor::stack(rows, 0)
+    }
+}
+

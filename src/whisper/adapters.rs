@@ -1,0 +1,82 @@
+//! LoRA adapters on Whisper's linear layers: which projections there are (by their HF module
+//! names), attaching fresh multi-expert adapters to those `target_modules` match (PEFT's
+//! rules, `crate::lora::Targets`), and what is attached.
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+
+use super::model::{Proj, Whisper};
+use crate::lora::{LoraConfig, MultiLora, trainable};
+
+impl Whisper {
+    /// Every linear projection with its HF module name (`model.decoder.layers.0.self_attn.q_proj`).
+    pub fn projs_mut(&mut self) -> Vec<(String, &mut Proj)> {
+        fn attention<'a>(out: &mut Vec<(String, &'a mut Proj)>, p: &str, a: &'a mut super::model::Attention) {
+            out.push((format!("{p}.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.out_proj"), &mut a.out_proj));
+        }
+        let mut out: Vec<(String, &mut Proj)> = Vec::new();
+        for (i, l) in self.encoder.layers.iter_mut().enumerate() {
+            let p = format!("model.encoder.layers.{i}");
+            attention(&mut out, &format!("{p}.self_attn"), &mut l.self_attn);
+            out.push((format!("{p}.fc1"), &mut l.fc1));
+            out.push((format!("{p}.fc2"), &mut l.fc2));
+        }
+        for (i, l) in self.decoder.layers.iter_mut().enumerate() {
+            let p = format!("model.decoder.layers.{i}");
+            attention(&mut out, &format!("{p}.self_attn"), &mut l.self_attn);
+            attention(&mut out, &format!("{p}.encoder_attn"), &mut l.encoder_attn);
+            out.push((format!("{p}.fc1"), &mut l.fc1));
+            out.push((format!("{p}.fc2"), &mut l.fc2));
+        }
+        out
+    }
+
+    /// The adapters attached so far, by module name.
+    pub fn loras(&self) -> Vec<(String, MultiLora)> {
+        let mut m = self.clone();
+        m.projs_mut().into_iter().filter_map(|(n, p)| p.lora.clone().map(|l| (n, l))).collect()
+    }
+
+    /// Are adapters attached anywhere?
+    pub fn has_adapters(&self) -> bool {
+        !self.loras().is_empty()
+    }
+
+    /// Does any adapter touch the encoder? If not, the encoder is shared by all experts and
+    /// runs without gradients.
+    pub fn encoder_has_adapters(&self) -> bool {
+        self.loras().iter().any(|(n, _)| n.starts_with("model.encoder."))
+    }
+
+    /// Attach fresh adapters for `experts` experts to every targeted projection: A uniform in
+    /// ±1/sqrt(d_in) (PEFT's kaiming_uniform with a = sqrt(5)), B zero, so an untrained adapter
+    /// is exactly the base model. Returns the targeted module names.
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, experts: usize, device: &Device) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for (name, proj) in self.projs_mut() {
+            if !cfg.target_modules.matches(&name) {
+                continue;
+            }
+            let (d_in, d_out) = (proj.d_in(), proj.d_out());
+            let bound = 1.0 / (d_in as f64).sqrt();
+            let a =
+                Tensor::<3>::random([experts, d_in, cfg.r], burn::tensor::Distribution::Uniform(-bound, bound), device);
+            let b = Tensor::<3>::zeros([experts, cfg.r, d_out], device);
+            proj.lora = Some(MultiLora {
+                a: trainable(&format!("{name}.lora_A"), a),
+                b: trainable(&format!("{name}.lora_B"), b),
+                scale: cfg.scale(),
+                dropout: cfg.dropout,
+            });
+            names.push(name);
+        }
+        if names.is_empty() {
+            bail!("LoRA target_modules {:?} match no linear layer of this Whisper", cfg.target_modules);
+        }
+        Ok(names)
+    }
+}
+

@@ -50,7 +50,7 @@ fn main() {
     );
     let t = Instant::now();
     let rows: Vec<(usize, Option<usize>)> = (0..4).map(|u| (u, Some(0))).collect();
-    let _ = utterance_losses(&ck, &model, &mut cache, &examples, &rows, false); // fills the encoder cache
+    let _ = utterance_losses(&ck, &model, &mut cache, &examples, &rows, false, false); // fills the encoder cache
     println!("encoder (4 utterances, once, then cached): {:.2} s", t.elapsed().as_secs_f64());
     for (name, rows) in [
         ("1 expert, batch 4", (0..4).map(|u| (u, Some(0))).collect::<Vec<_>>()),
@@ -63,7 +63,7 @@ fn main() {
         let reps = 4;
         for _ in 0..reps + 1 {
             let t0 = Instant::now();
-            let loss = utterance_losses(&ck, &model, &mut cache, &examples, &rows, true).mean();
+            let loss = utterance_losses(&ck, &model, &mut cache, &examples, &rows, true, false).mean();
             let _: f32 = loss.clone().into_scalar();
             let t1 = Instant::now();
             let grads = loss.backward();
@@ -135,7 +135,7 @@ fn joint(ck: &Checkpoint, examples: &[Example]) {
                     cache = EncoderCache::new(16).with_cross_kv(1024);
                 }
                 let t = Instant::now();
-                let bl = batch_loss(ck, &m, &mut cache, &data, &batch, phase, 1.0, 0.5, &p.routing, true).unwrap();
+                let bl = batch_loss(ck, &m, &mut cache, &data, &batch, phase, 1.0, 0.5, &p.routing, true, true).unwrap();
                 let g = GradMap::of(&m, &bl.total.backward());
                 m = opt.step(m, &g, 1e-4);
                 if r > 0 {

@@ -87,7 +87,7 @@ fn soft_phase_loss_is_the_probability_weighted_sum_of_single_expert_passes() {
     let batch = [0usize, 3, 5, 6];
     let temp = 1.7;
     let bl =
-        batch_loss(&ck, &m, &mut EncoderCache::new(16), &d, &batch, Phase::Soft, temp, 0.0, &p.routing, false).unwrap();
+        batch_loss(&ck, &m, &mut EncoderCache::new(16), &d, &batch, Phase::Soft, temp, 0.0, &p.routing, false, false).unwrap();
     // Reference: p = softmax(gate / T), and for every utterance and expert a separate pass.
     let emb: Vec<f32> = batch.iter().flat_map(|&i| d.embeddings[i * DIM..(i + 1) * DIM].to_vec()).collect();
     let z = m.gate.forward(Tensor::from_data(TensorData::new(emb, [batch.len(), DIM]), &dev), false);
@@ -137,7 +137,7 @@ fn every_expert_receives_a_gradient_in_the_soft_phase() {
     let dev = Device::flex().autodiff();
     let (ck, m, d) = setup("grads", &dev);
     let p = JointParams::default();
-    let bl = batch_loss(&ck, &m, &mut EncoderCache::new(16), &d, &[0, 1, 2, 3], Phase::Soft, 1.0, 0.0, &p.routing, true)
+    let bl = batch_loss(&ck, &m, &mut EncoderCache::new(16), &d, &[0, 1, 2, 3], Phase::Soft, 1.0, 0.0, &p.routing, true, false)
         .unwrap();
     let grads = GradMap::of(&m, &bl.total.backward());
     let mut seen = 0;

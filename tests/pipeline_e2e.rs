@@ -58,12 +58,26 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
         }
     }
     std::fs::write(dir.join("data/metadata.csv"), csv).unwrap();
+    // A held-out set: other clips of the same kinds, in another format (NeMo JSONL).
+    std::fs::create_dir_all(dir.join("heldout")).unwrap();
+    let mut jsonl = String::new();
+    for kind in 0..3 {
+        for i in 8..10 {
+            let f = format!("h{kind}_{i}.wav");
+            write_wav_i16(&dir.join("heldout").join(&f), &[tone(kind, i)], 16_000).unwrap();
+            let words: Vec<&str> = (0..3).map(|w| WORDS[(kind * 5 + i + w) % WORDS.len()]).collect();
+            let line = serde_json::json!({"audio_filepath": f, "text": words.join(" "), "duration": 1.0, "domain": format!("domain{kind}")});
+            jsonl.push_str(&format!("{line}\n"));
+        }
+    }
+    std::fs::write(dir.join("heldout/manifest.jsonl"), jsonl).unwrap();
     let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
     // The demo manifest itself, with short training for the tiny model.
     let manifest = manifest
         .replace("data: data/demo", "data: data")
+        .replace("heldout: data/heldout", "heldout: heldout")
         .replace("model: openai/whisper-tiny.en", "model: tiny-model")
-        .replace("k: 6", "k: 3")
+        .replace("k: auto", "k: 3")
         .replace("      epochs: 3\n", "      epochs: 1\n")
         .replace("      epochs: 4\n", "      epochs: 3\n")
         .replace("max_new_tokens: 64", "max_new_tokens: 8")
@@ -93,7 +107,12 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("artifacts/evaluate/metrics.json")).unwrap()).unwrap();
     let systems: Vec<&str> =
         metrics["results"].as_array().unwrap().iter().map(|r| r["system"].as_str().unwrap()).collect();
-    assert_eq!(systems, ["base", "mixture", "oracle", "dense", "base", "mixture", "oracle", "dense"]);
+    let sets: Vec<&str> = metrics["results"].as_array().unwrap().iter().map(|r| r["split"].as_str().unwrap()).collect();
+    assert_eq!(systems.len(), 12, "{metrics}");
+    for (set, rows) in [("test", 0..4), ("val", 4..8), ("heldout", 8..12)] {
+        assert!(sets[rows.clone()].iter().all(|s| *s == set), "{sets:?}");
+        assert_eq!(systems[rows], ["base", "mixture", "oracle", "dense"]);
+    }
     assert!(err.contains("wall time") && err.contains("total"), "the runner prints wall times");
 
     let (_, status, _) = pipeline(&dir, &["status"]);

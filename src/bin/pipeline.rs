@@ -173,6 +173,10 @@ struct TranscribeArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 200)]
     max_new_tokens: usize,
+    /// Plain greedy decoding, exactly as transformers' `generate`: no temperature fallback on
+    /// repetitive or unlikely text, no token limit from the duration.
+    #[arg(long)]
+    no_safeguards: bool,
     #[arg(required = true)]
     files: Vec<PathBuf>,
 }
@@ -416,6 +420,7 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     let opts = whisper_moe::eval::EvalConfig {
         batch_size: args.batch_size,
         max_new_tokens: args.max_new_tokens,
+        safeguards: whisper_moe::eval::Safeguards { enabled: !args.no_safeguards, ..Default::default() },
         ..Default::default()
     };
     // A mixture routes each file; otherwise one model (with one adapter, or none) decodes all.

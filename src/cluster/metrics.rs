@@ -129,6 +129,75 @@ pub fn silhouette(x: ArrayView2<f32>, labels: &[i32], sample_size: usize, seed: 
     Some(total / m as f64)
 }
 
+/// Rows with a label >= 0, their dense labels, the cluster sizes and centroids; None with
+/// fewer than 2 clusters or one cluster per row.
+#[allow(clippy::type_complexity)]
+fn clusters_of(x: ArrayView2<f32>, labels: &[i32]) -> Option<(Vec<usize>, Vec<usize>, Vec<usize>, Vec<Vec<f64>>)> {
+    let rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] >= 0).collect();
+    let (lab, k) = dense(&rows.iter().map(|&i| labels[i]).collect::<Vec<_>>());
+    if k < 2 || k >= rows.len() {
+        return None;
+    }
+    let mut c = vec![vec![0f64; x.ncols()]; k];
+    let mut size = vec![0usize; k];
+    for (&r, &l) in rows.iter().zip(&lab) {
+        size[l] += 1;
+        for (a, &v) in c[l].iter_mut().zip(x.row(r)) {
+            *a += v as f64;
+        }
+    }
+    for (ci, &n) in c.iter_mut().zip(&size) {
+        ci.iter_mut().for_each(|a| *a /= n as f64);
+    }
+    Some((rows, lab, size, c))
+}
+
+fn dist2(a: impl IntoIterator<Item = f64>, b: &[f64]) -> f64 {
+    a.into_iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// Calinski-Harabasz index (scikit-learn's `calinski_harabasz_score`): between-cluster over
+/// within-cluster dispersion, times (n - k) / (k - 1). Larger is better.
+pub fn calinski_harabasz(x: ArrayView2<f32>, labels: &[i32]) -> Option<f64> {
+    let (rows, lab, size, c) = clusters_of(x, labels)?;
+    let (n, k) = (rows.len(), c.len());
+    let mut mean = vec![0f64; x.ncols()];
+    for &r in &rows {
+        for (a, &v) in mean.iter_mut().zip(x.row(r)) {
+            *a += v as f64 / n as f64;
+        }
+    }
+    let within: f64 = rows.iter().zip(&lab).map(|(&r, &l)| dist2(x.row(r).iter().map(|&v| v as f64), &c[l])).sum();
+    let between: f64 = c.iter().zip(&size).map(|(ci, &m)| m as f64 * dist2(ci.iter().copied(), &mean)).sum();
+    if within == 0.0 {
+        return Some(1.0);
+    }
+    Some(between * (n - k) as f64 / (within * (k - 1) as f64))
+}
+
+/// Davies-Bouldin index (scikit-learn's `davies_bouldin_score`): the mean over clusters of the
+/// worst (s_i + s_j) / d(c_i, c_j), s = mean distance to the centroid. Smaller is better.
+pub fn davies_bouldin(x: ArrayView2<f32>, labels: &[i32]) -> Option<f64> {
+    let (rows, lab, size, c) = clusters_of(x, labels)?;
+    let k = c.len();
+    let mut s = vec![0f64; k];
+    for (&r, &l) in rows.iter().zip(&lab) {
+        s[l] += dist2(x.row(r).iter().map(|&v| v as f64), &c[l]).sqrt() / size[l] as f64;
+    }
+    let mut total = 0.0;
+    for i in 0..k {
+        let worst = (0..k)
+            .filter(|&j| j != i)
+            .map(|j| {
+                let d = dist2(c[i].iter().copied(), &c[j]).sqrt();
+                if d > 0.0 { (s[i] + s[j]) / d } else { f64::INFINITY }
+            })
+            .fold(0.0, f64::max);
+        total += worst;
+    }
+    Some(total / k as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +231,24 @@ mod tests {
         close(ari(&[0, 0, 0, 1, 1, 1], &[0, 0, 1, 1, 2, 2]), 0.8 / 3.3);
         close(ari(&[0, 0, 1, 1], &[0, 0, 0, 1]), 0.0);
         close(ari(&["a", "a", "b"], &[7, 7, 1]), 1.0);
+    }
+
+    #[test]
+    fn calinski_harabasz_and_davies_bouldin_by_hand() {
+        // Centroids 0.5 and 4.5, mean 2.5: W = 4 x 0.25 = 1, B = 2 x 4 + 2 x 4 = 16,
+        // CH = 16 / 1 x (4 - 2) / (2 - 1) = 32. s = 0.5 each, d = 4: DB = 1 / 4.
+        let x = array![[0.0f32], [1.0], [4.0], [5.0]];
+        close(calinski_harabasz(x.view(), &[0, 0, 1, 1]).unwrap(), 32.0);
+        close(davies_bouldin(x.view(), &[0, 0, 1, 1]).unwrap(), 0.25);
+        // A noise row (-1) is left out; one cluster has no score.
+        let x2 = array![[0.0f32], [1.0], [4.0], [5.0], [100.0]];
+        close(calinski_harabasz(x2.view(), &[0, 0, 1, 1, -1]).unwrap(), 32.0);
+        assert!(davies_bouldin(x.view(), &[0, 0, 0, 0]).is_none());
+        // Three clusters in 2-D: centroids (0, 0.5), (4, 0.5), (0, 10.5), s = 0.5 each;
+        // DB = mean of max((1) / d): d01 = 4, d02 = 10, d12 = sqrt(116).
+        let x3 = array![[0.0f32, 0.0], [0.0, 1.0], [4.0, 0.0], [4.0, 1.0], [0.0, 10.0], [0.0, 11.0]];
+        let want = (1.0 / 4.0 + 1.0 / 4.0 + 1.0 / 10.0) / 3.0;
+        close(davies_bouldin(x3.view(), &[0, 0, 1, 1, 2, 2]).unwrap(), want);
     }
 
     #[test]

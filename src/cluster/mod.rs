@@ -3,6 +3,7 @@
 //! joint_train, and report how good the grouping is.
 
 pub mod algorithms;
+pub mod choose_k;
 pub mod kmeans;
 pub mod metrics;
 pub mod noise;
@@ -14,10 +15,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
-pub use algorithms::{Algorithm, DbscanParams, GmmParams, HdbscanParams, KMeansImpl};
+pub use algorithms::{Algorithm, DbscanParams, GmmParams, HdbscanParams, KMeansImpl, Raw};
+pub use choose_k::{K, KSelection};
 pub use noise::{Groups, Merge, NoisePolicy};
 pub use scale::Scaling;
 pub use splits::SplitFractions;
@@ -35,8 +37,16 @@ pub const EXPERTS: &str = "experts";
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterParams {
     pub algorithm: Algorithm,
-    /// Clusters for kmeans and gmm (DBSCAN/HDBSCAN find their own number).
-    pub k: usize,
+    /// Clusters for kmeans and gmm: a number, or `auto` to choose it over `k_range` by the
+    /// silhouette (kmeans) or the BIC (gmm), see [`choose_k`]. DBSCAN/HDBSCAN find their own.
+    pub k: K,
+    /// The k that `k: auto` tries, inclusive.
+    pub k_range: [usize; 2],
+    /// How `k: auto` compares them: silhouette, calinski_harabasz, davies_bouldin (k-means),
+    /// bic (GMM). Unset: the silhouette for k-means, the BIC for the GMM.
+    pub k_criterion: Option<choose_k::Criterion>,
+    /// With the silhouette: the largest k within this fraction of the best score wins.
+    pub silhouette_tolerance: f64,
     pub seed: u64,
     pub scaling: Scaling,
     /// Project the scaled features onto this many leading principal components before
@@ -77,7 +87,10 @@ impl Default for ClusterParams {
     fn default() -> Self {
         ClusterParams {
             algorithm: Algorithm::Kmeans,
-            k: 8,
+            k: K::Auto,
+            k_range: [2, 12],
+            k_criterion: None,
+            silhouette_tolerance: 0.05,
             seed: 42,
             scaling: Scaling::Standardize,
             pca_dims: None,
@@ -131,6 +144,8 @@ pub struct ClusterSummary {
     pub members: Vec<Vec<usize>>,
     pub silhouette: Option<f64>,
     pub silhouette_rows: usize,
+    /// With `k: auto`: the criterion over the range of k, and the k chosen.
+    pub k_selection: Option<KSelection>,
     pub label_column: Option<String>,
     pub nmi: Option<f64>,
     pub ari: Option<f64>,
@@ -161,40 +176,66 @@ pub fn cluster_embeddings(emb: &Embeddings, p: &ClusterParams) -> Result<Cluster
     if !(p.kmeans_temperature > 0.0 && p.density_temperature > 0.0) {
         bail!("kmeans_temperature and density_temperature must be > 0");
     }
-    let x = Array2::from_shape_vec((n, emb.dim), emb.values.clone()).context("embedding matrix")?;
+    let (x, pca_info) = features(emb, p)?;
+    let (mut raw, k_selection) = find_clusters(x.view(), p)?;
+    raw.info.extend(pca_info);
+    let groups = noise::finalize(x.view(), &raw, p.noise, p.min_cluster_size, p.density_temperature)?;
+    let splits = splits::make_splits(&emb.ids, &groups.cluster, groups.k, &p.fractions(), p.seed)?;
+    let mut summary = summarize(emb, p, x.view(), &raw, &groups, &splits);
+    summary.k_selection = k_selection;
+    summary.seconds = start.elapsed().as_secs_f64();
+    let clusters = Clusters {
+        ids: emb.ids.clone(),
+        cluster: groups.cluster.clone(),
+        k: groups.k,
+        probs: groups.probs.iter().copied().collect(),
+        is_noise: groups.is_noise.clone(),
+    };
+    Ok(ClusterOutcome { clusters, splits, summary })
+}
+
+/// The matrix the algorithms see: scaled, then projected onto leading principal components
+/// when asked (always for a GMM unless `pca_dims: 0`); with the projection's numbers.
+fn features(emb: &Embeddings, p: &ClusterParams) -> Result<(Array2<f32>, BTreeMap<String, f64>)> {
+    let x = Array2::from_shape_vec((emb.len(), emb.dim), emb.values.clone()).context("embedding matrix")?;
     if x.iter().any(|v| !v.is_finite()) {
         bail!("the embeddings contain NaN or infinite values");
     }
     let x = scale::scale(&x, p.scaling);
     let dims = p.pca_dims.unwrap_or(if p.algorithm == Algorithm::Gmm { 32 } else { 0 });
-    let mut pca_info = BTreeMap::new();
-    let x = if dims > 0 && dims < x.ncols() {
+    let mut info = BTreeMap::new();
+    if dims > 0 && dims < x.ncols() {
         let (proj, kept) = scale::pca(&x, dims)?;
-        pca_info.insert("pca_dims".to_string(), dims as f64);
-        pca_info.insert("pca_explained_variance".to_string(), kept);
-        proj.mapv(|v| v as f32)
-    } else {
-        x
-    };
-    let mut raw = match p.algorithm {
-        Algorithm::Kmeans => {
-            let cfg = kmeans::KMeansConfig {
-                k: p.k,
-                n_runs: p.n_runs,
-                max_iter: p.max_iter,
-                tolerance: p.tolerance,
-                seed: p.seed,
-            };
-            algorithms::run_kmeans(x.view(), &cfg, p.kmeans_impl, p.kmeans_temperature)?
-        }
-        Algorithm::Gmm => algorithms::run_gmm(x.view(), p.k, p.seed, p.n_runs, p.max_iter, &p.gmm)?,
-        Algorithm::Dbscan => algorithms::run_dbscan(x.view(), &p.dbscan)?,
-        Algorithm::Hdbscan => algorithms::run_hdbscan(x.view(), &p.hdbscan)?,
-    };
-    raw.info.extend(pca_info);
-    let groups = noise::finalize(x.view(), &raw, p.noise, p.min_cluster_size, p.density_temperature)?;
-    let splits = splits::make_splits(&emb.ids, &groups.cluster, groups.k, &p.fractions(), p.seed)?;
+        info.insert("pca_dims".to_string(), dims as f64);
+        info.insert("pca_explained_variance".to_string(), kept);
+        return Ok((proj.mapv(|v| v as f32), info));
+    }
+    Ok((x, info))
+}
 
+/// Run the configured algorithm (choosing k first with `k: auto`).
+fn find_clusters(x: ArrayView2<f32>, p: &ClusterParams) -> Result<(Raw, Option<KSelection>)> {
+    Ok(match (p.algorithm, p.k) {
+        (Algorithm::Dbscan, _) => (algorithms::run_dbscan(x, &p.dbscan)?, None),
+        (Algorithm::Hdbscan, _) => (algorithms::run_hdbscan(x, &p.hdbscan)?, None),
+        (_, K::Fixed(k)) => (choose_k::fit(x, p, k)?, None),
+        (_, K::Auto) => {
+            let (raw, sel) = choose_k::choose(x, p, p.k_range)?;
+            (raw, Some(sel))
+        }
+    })
+}
+
+/// Sizes, agreement with the label column, silhouette and split counts.
+fn summarize(
+    emb: &Embeddings,
+    p: &ClusterParams,
+    x: ArrayView2<f32>,
+    raw: &Raw,
+    groups: &Groups,
+    splits: &Splits,
+) -> ClusterSummary {
+    let n = emb.len();
     let mut sizes = vec![0usize; groups.k];
     for &c in groups.cluster.iter().filter(|&&c| c >= 0) {
         sizes[c as usize] += 1;
@@ -229,19 +270,18 @@ pub fn cluster_embeddings(emb: &Embeddings, p: &ClusterParams) -> Result<Cluster
         }
     }
     let silhouette_rows = p.silhouette_sample.min(groups.cluster.iter().filter(|&&c| c >= 0).count());
-    let silhouette = metrics::silhouette(x.view(), &groups.cluster, p.silhouette_sample, p.seed);
+    let silhouette = metrics::silhouette(x, &groups.cluster, p.silhouette_sample, p.seed);
     let mut split_counts: BTreeMap<String, usize> = SPLITS.iter().map(|s| (s.to_string(), 0)).collect();
     for s in &splits.split {
         *split_counts.get_mut(s).expect("known split") += 1;
     }
-    let noise_rows = groups.is_noise.iter().filter(|&&b| b).count();
-    let summary = ClusterSummary {
+    ClusterSummary {
         algorithm: p.algorithm.name().into(),
         scaling: p.scaling.name().into(),
         rows: n,
         experts: groups.k,
         sizes,
-        noise_rows,
+        noise_rows: groups.is_noise.iter().filter(|&&b| b).count(),
         noise_policy: p.noise.name().into(),
         dropped_rows: groups.cluster.iter().filter(|&&c| c < 0).count(),
         noise_expert: groups.noise_expert,
@@ -250,6 +290,7 @@ pub fn cluster_embeddings(emb: &Embeddings, p: &ClusterParams) -> Result<Cluster
         members: groups.members.clone(),
         silhouette,
         silhouette_rows,
+        k_selection: None,
         label_column: p.label_column.clone(),
         nmi,
         ari,
@@ -257,16 +298,8 @@ pub fn cluster_embeddings(emb: &Embeddings, p: &ClusterParams) -> Result<Cluster
         splits: split_counts,
         info: raw.info.clone(),
         warnings,
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    let clusters = Clusters {
-        ids: emb.ids.clone(),
-        cluster: groups.cluster.clone(),
-        k: groups.k,
-        probs: groups.probs.iter().copied().collect(),
-        is_noise: groups.is_noise.clone(),
-    };
-    Ok(ClusterOutcome { clusters, splits, summary })
+        seconds: 0.0,
+    }
 }
 
 /// A human-readable report of the summary (printed to stderr by the stage).
@@ -281,6 +314,10 @@ pub fn report(s: &ClusterSummary) -> String {
     }
     for m in &s.merged {
         out += &format!("  merged cluster {} ({} rows) into cluster {}\n", m.cluster, m.size, m.into);
+    }
+    if let Some(sel) = &s.k_selection {
+        let curve: Vec<String> = sel.scores().iter().map(|(k, v)| format!("{k}:{v:.4}")).collect();
+        out += &format!("  k: auto chose {} by {} ({})\n", sel.chosen, sel.criterion, curve.join(" "));
     }
     out += &format!("  silhouette: {} (on {} rows)\n", f(s.silhouette), s.silhouette_rows);
     if let Some(col) = &s.label_column {
@@ -482,7 +519,7 @@ mod tests {
         let emb = embeddings(&x, &truth);
         let p = ClusterParams {
             algorithm: Algorithm::Gmm,
-            k: 4,
+            k: K::Fixed(4),
             n_runs: 2,
             label_column: Some("domain".into()),
             ..Default::default()
@@ -500,7 +537,7 @@ mod tests {
     fn label_column_scores_and_missing_column_warns() {
         let (x, truth) = blobs(4, 30, 16, 3.0, 8);
         let emb = embeddings(&x, &truth);
-        let p = ClusterParams { k: 4, label_column: Some("domain".into()), ..ClusterParams::default() };
+        let p = ClusterParams { k: K::Fixed(4), label_column: Some("domain".into()), ..ClusterParams::default() };
         let o = cluster_embeddings(&emb, &p).unwrap();
         assert!(o.summary.nmi.unwrap() > 0.99 && o.summary.ari.unwrap() > 0.99);
         assert!(o.summary.silhouette.unwrap() > 0.3);

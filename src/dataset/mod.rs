@@ -111,11 +111,10 @@ impl Dataset {
     /// Open `metadata.csv` (or a directory holding one), a `.jsonl`/`.json` manifest, or a
     /// `.parquet` file / directory of them.
     pub fn open(path: &Path, columns: &Columns) -> Result<Dataset> {
-        let path = if path.is_dir() && path.join("metadata.csv").is_file() {
-            path.join("metadata.csv")
-        } else {
-            path.to_path_buf()
-        };
+        if !path.exists() {
+            bail!("dataset {} does not exist", path.display());
+        }
+        let path = if path.is_dir() { Self::manifest_in(path)? } else { path.to_path_buf() };
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
         if path.is_dir() || ext == "parquet" {
             return Self::open_parquet(&path, columns);
@@ -126,6 +125,29 @@ impl Dataset {
             _ => bail!(
                 "{}: unknown dataset format (expected metadata.csv, a .jsonl manifest or .parquet)",
                 path.display()
+            ),
+        }
+    }
+
+    /// The manifest a dataset directory holds: metadata.csv (audiofolder), else its one .jsonl
+    /// or .json manifest; else the directory is read as Parquet.
+    fn manifest_in(dir: &Path) -> Result<PathBuf> {
+        if dir.join("metadata.csv").is_file() {
+            return Ok(dir.join("metadata.csv"));
+        }
+        let mut jsonl: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("jsonl" | "json")))
+            .collect();
+        jsonl.sort();
+        match jsonl.len() {
+            0 => Ok(dir.to_path_buf()),
+            1 => Ok(jsonl.remove(0)),
+            _ => bail!(
+                "{} holds several manifests ({}); name one with --dataset",
+                dir.display(),
+                jsonl.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
             ),
         }
     }

@@ -11,12 +11,13 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-pub use router::{Router, Routes};
+pub use router::{Router, RouterKind, Routes};
 
 use crate::audio::mel::valid_encoder_frames;
 use crate::embedding::{Pooling, embed_features, pool, resolve_layer};
 use crate::eval::EvalConfig;
 use crate::lora::LoraConfig;
+use crate::routing::centroid::Centroids;
 use crate::routing::gate::Gate;
 use crate::train::{EncoderCache, Example};
 use crate::whisper::Checkpoint;
@@ -36,6 +37,9 @@ pub struct MixtureConfig {
     pub pooling: String,
     pub layer: Option<i64>,
     pub lora: LoraConfig,
+    /// The gate, or the cluster centres saved beside it (`centroids.json`).
+    #[serde(default)]
+    pub router: RouterKind,
 }
 
 impl MixtureConfig {
@@ -53,6 +57,8 @@ pub struct Mixture {
     pub ck: Checkpoint,
     pub model: Whisper,
     pub gate: Gate,
+    /// The cluster centres, when the mixture has them (the joint stage writes them).
+    pub centroids: Option<Centroids>,
     pub config: MixtureConfig,
     pooling: Pooling,
     layer: usize,
@@ -92,20 +98,31 @@ impl Mixture {
         let mut model = ck.model.clone();
         crate::whisper::peft::load_experts(&mut model, &config.adapter_dirs(dir), &ck.device)?;
         let gate = Gate::load(&dir.join("gate"), &ck.device)?;
+        let centroids = match Centroids::load(dir) {
+            Ok(c) => Some(c),
+            Err(_) if config.router == RouterKind::Gate => None,
+            Err(e) => return Err(e.context(format!("{} routes by centroid but has no centroids.json", dir.display()))),
+        };
         let pooling = Pooling::from_name(&config.pooling).with_context(|| format!("{}/routing.json", dir.display()))?;
         let layer = resolve_layer(config.layer, ck.config.encoder_layers)?;
-        Ok(Mixture { ck, model, gate, config, pooling, layer })
+        Ok(Mixture { ck, model, gate, centroids, config, pooling, layer })
     }
 
     pub fn router(&self) -> Router<'_> {
-        Router { gate: &self.gate, temperature: self.config.temperature }
+        let centroids = self.centroids.as_ref().filter(|_| self.config.router == RouterKind::Centroid);
+        Router { gate: &self.gate, temperature: self.config.temperature, centroids }
     }
 
-    /// Route utterances from their audio: pooled base-encoder states (from `cache` when the
-    /// pooled layer is the last and a cache is given) -> gate.
+    /// Route utterances from their audio: [`Mixture::embed`] -> gate.
     pub fn route(&self, examples: &[&Example], cache: Option<&mut EncoderCache>) -> Result<Routes> {
+        self.router().route(self.embed(examples, cache)?)
+    }
+
+    /// Embeddings [n, dim] of utterances from their audio, as the embed stage makes them:
+    /// pooled base-encoder states (from `cache` when the pooled layer is the last).
+    pub fn embed(&self, examples: &[&Example], cache: Option<&mut EncoderCache>) -> Result<Tensor<2>> {
         let samples: Vec<usize> = examples.iter().map(|e| e.audio.len()).collect();
-        let emb = match cache {
+        Ok(match cache {
             Some(c) if self.layer == self.ck.config.encoder_layers => {
                 let valid: Vec<usize> = samples.iter().map(|&n| valid_encoder_frames(n)).collect();
                 pool(c.states(&self.ck, &self.ck.model.encoder, examples), &valid, self.pooling)
@@ -114,8 +131,7 @@ impl Mixture {
                 let feats: Vec<Vec<f32>> = examples.iter().map(|e| self.ck.features(&e.audio)).collect();
                 embed_features(&self.ck, &feats, &samples, self.layer, self.pooling).0
             }
-        };
-        self.router().route(emb)
+        })
     }
 
     /// Route and transcribe utterances in batches of `opts.batch_size`: the path of

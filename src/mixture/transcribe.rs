@@ -10,7 +10,8 @@ use crate::eval::EvalConfig;
 use crate::lora::Route;
 use crate::train::{EncoderCache, Example};
 use crate::whisper::model::Whisper;
-use crate::whisper::{Checkpoint, Task, greedy};
+use crate::whisper::decode::{Decoded, generate};
+use crate::whisper::{Checkpoint, Task};
 
 /// Encoder states [n, 1500, d] of `examples`, row i through expert `experts[i]` when adapters
 /// touch the encoder. Without encoder adapters the states are the base model's and come from
@@ -22,10 +23,16 @@ pub fn encode(
     experts: &[Option<usize>],
     cache: Option<&mut EncoderCache>,
 ) -> Tensor<3> {
-    if model.encoder_has_adapters() {
-        let feats: Vec<Vec<f32>> = examples.iter().map(|e| ck.features(&e.audio)).collect();
+    if let Some(first) = model.first_adapted_encoder_layer() {
         let route = Route::per_row(experts, &ck.device.clone().inner());
-        return model.encoder.forward(ck.mel_batch(&feats), Some(&route));
+        let lower = match cache {
+            Some(c) => c.states_upto(ck, &model.encoder, examples, first),
+            None => {
+                let feats: Vec<Vec<f32>> = examples.iter().map(|e| ck.features(&e.audio)).collect();
+                model.encoder.forward_upto(ck.mel_batch(&feats), first, None)
+            }
+        };
+        return model.encoder.forward_from(lower, first, Some(&route));
     }
     match cache {
         Some(c) => c.states(ck, &model.encoder, examples),
@@ -36,22 +43,60 @@ pub fn encode(
     }
 }
 
-/// Greedy transcripts of encoder states `enc` [n, 1500, d], row i through expert
-/// `experts[i]` (None = the base model).
+/// Transcripts of encoder states `enc` [n, 1500, d] of `examples`, row i through expert
+/// `experts[i]` (None = the base model): greedy, with openai-whisper's safeguards when
+/// `opts.safeguards` are on (the token limit from each clip's duration; clips whose text
+/// repeats itself or whose average log-probability is too low decoded again at the next
+/// temperature, by sampling seeded from the clip's audio).
 pub fn decode(
     ck: &Checkpoint,
     model: &Whisper,
     enc: Tensor<3>,
+    examples: &[&Example],
     experts: &[Option<usize>],
     opts: &EvalConfig,
 ) -> Result<Vec<String>> {
     let prompt = ck.prompt(None, Task::Transcribe)?;
     let gopts = ck.greedy_options(opts.max_new_tokens);
     let route = model.has_adapters().then(|| Route::per_row(experts, &enc.device()));
-    greedy(model, enc, &prompt, &gopts, route.as_ref())
-        .into_iter()
-        .map(|ids| Ok(ck.tokenizer.decode(&ids[prompt.len()..])?.trim().to_string()))
-        .collect()
+    let sg = &opts.safeguards;
+    let limits: Vec<usize> = examples.iter().map(|e| sg.token_limit(e.audio.len(), opts.max_new_tokens)).collect();
+    let text = |d: &Decoded| -> Result<String> { Ok(ck.tokenizer.decode(&d.ids[prompt.len()..])?.trim().to_string()) };
+    let first = if sg.enabled { sg.temperatures.first().copied().unwrap_or(0.0) } else { 0.0 };
+    let seeds: Vec<u64> = examples.iter().map(|e| audio_seed(&e.audio)).collect();
+    let mut out = generate(model, enc.clone(), &prompt, &gopts, route.as_ref(), &limits, first, &seeds);
+    let mut texts: Vec<String> = out.iter().map(text).collect::<Result<_>>()?;
+    if !sg.enabled {
+        return Ok(texts);
+    }
+    for &t in sg.temperatures.iter().skip(1) {
+        let failing: Vec<usize> =
+            (0..out.len()).filter(|&i| sg.needs_fallback(&texts[i], out[i].avg_logprob())).collect();
+        if failing.is_empty() {
+            break;
+        }
+        let idx: Vec<i64> = failing.iter().map(|&i| i as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [failing.len()]), &enc.device());
+        let sub_route = route.as_ref().map(|r| r.select(idx.clone()));
+        let sub_limits: Vec<usize> = failing.iter().map(|&i| limits[i]).collect();
+        let sub_seeds: Vec<u64> = failing.iter().map(|&i| seeds[i] ^ t.to_bits()).collect();
+        let again =
+            generate(model, enc.clone().select(0, idx), &prompt, &gopts, sub_route.as_ref(), &sub_limits, t, &sub_seeds);
+        for (d, &i) in again.into_iter().zip(&failing) {
+            texts[i] = text(&d)?;
+            out[i] = d;
+        }
+    }
+    Ok(texts)
+}
+
+/// A seed from a clip's audio: the same clip samples the same way wherever it is decoded.
+fn audio_seed(audio: &[f32]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    for x in audio {
+        h.update(&x.to_le_bytes());
+    }
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// Transcripts of `examples` in batches of `opts.batch_size`, row i through `experts[i]`.
@@ -68,7 +113,7 @@ pub fn transcribe(
     let mut out = Vec::with_capacity(examples.len());
     for (chunk, ex) in examples.chunks(b).zip(experts.chunks(b)) {
         let enc = encode(ck, model, chunk, ex, cache.as_deref_mut());
-        out.extend(decode(ck, model, enc, ex, opts)?);
+        out.extend(decode(ck, model, enc, chunk, ex, opts)?);
     }
     Ok(out)
 }

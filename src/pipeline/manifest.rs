@@ -499,6 +499,31 @@ pub fn flatten_params(prefix: &str, v: &Value, out: &mut BTreeMap<String, String
     }
 }
 
+/// Replace whole-path occurrences of `path` in a command (also as the prefix of a longer path,
+/// `path/file`), leaving `pathX` and `x/path` alone.
+pub fn replace_path_token(cmd: &str, path: &str, with: &str) -> (String, bool) {
+    let is_start = |c: Option<char>| c.is_none_or(|c| matches!(c, ' ' | '\t' | '=' | '"' | '\'' | ',' | ':'));
+    let is_end = |c: Option<char>| c.is_none_or(|c| matches!(c, ' ' | '\t' | '"' | '\'' | '/' | ',' | ';' | ':' | ')'));
+    let mut out = String::with_capacity(cmd.len());
+    let mut hit = false;
+    let mut i = 0;
+    while i < cmd.len() {
+        if cmd[i..].starts_with(path)
+            && is_start(cmd[..i].chars().next_back())
+            && is_end(cmd[i + path.len()..].chars().next())
+        {
+            out.push_str(with);
+            i += path.len();
+            hit = true;
+        } else {
+            let c = cmd[i..].chars().next().unwrap();
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    (out, hit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use super::hash::HashCache;
 use super::lock::{Lock, PathHash, StageLock};
-use super::manifest::{Manifest, Stage};
+use super::manifest::{Manifest, Stage, replace_path_token};
 use super::run_cache::{self, Hit, RunCache, link_or_copy, remove_any};
 use super::status::{exe_dir, fingerprint, own_reasons, status};
 
@@ -501,30 +501,6 @@ fn rel(m: &Manifest, p: &Path) -> String {
     p.strip_prefix(&m.root).unwrap_or(p).display().to_string()
 }
 
-/// Replace whole-path occurrences of `path` in a command (also as the prefix of a longer path,
-/// `path/file`), leaving `pathX` and `x/path` alone.
-pub fn replace_path_token(cmd: &str, path: &str, with: &str) -> (String, bool) {
-    let is_start = |c: Option<char>| c.is_none_or(|c| matches!(c, ' ' | '\t' | '=' | '"' | '\'' | ',' | ':'));
-    let is_end = |c: Option<char>| c.is_none_or(|c| matches!(c, ' ' | '\t' | '"' | '\'' | '/' | ',' | ';' | ':' | ')'));
-    let mut out = String::with_capacity(cmd.len());
-    let mut hit = false;
-    let mut i = 0;
-    while i < cmd.len() {
-        if cmd[i..].starts_with(path)
-            && is_start(cmd[..i].chars().next_back())
-            && is_end(cmd[i + path.len()..].chars().next())
-        {
-            out.push_str(with);
-            i += path.len();
-            hit = true;
-        } else {
-            let c = cmd[i..].chars().next().unwrap();
-            out.push(c);
-            i += c.len_utf8();
-        }
-    }
-    (out, hit)
-}
 
 #[cfg(test)]
 mod tests {

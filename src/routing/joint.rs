@@ -129,7 +129,8 @@ pub struct BatchLoss {
 
 /// The curriculum's loss on utterances `batch` (indices into `d`) in `phase` at temperature
 /// `temp`: mean over utterances of sum over routed experts of w_e L_e, plus the balance and
-/// z-losses. `train` adds exploration noise, the rescue and dropout.
+/// z-losses. `train` adds exploration noise, the rescue and dropout; `pack` packs the rows of
+/// each expert into shared 30-s windows when adapters touch the encoder.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_loss(
     ck: &Checkpoint,
@@ -142,6 +143,7 @@ pub fn batch_loss(
     prog: f64,
     p: &RoutingParams,
     train: bool,
+    pack: bool,
 ) -> Result<BatchLoss> {
     let device = m.whisper.decoder.embed_tokens.val().device();
     let e = m.experts();
@@ -154,7 +156,7 @@ pub fn batch_loss(
     let routing = route(&pv, e, phase, p.top_k_experts, rescue, p.soft_skip_below);
     let weights = row_weights(probs.clone(), &routing, phase, p.top_k_experts); // [R]
     let rows: Vec<(usize, Option<usize>)> = routing.rows.iter().map(|&(i, x)| (batch[i], Some(x))).collect();
-    let losses = utterance_losses(ck, &m.whisper, cache, &d.examples, &rows, train); // [R]
+    let losses = utterance_losses(ck, &m.whisper, cache, &d.examples, &rows, train, pack); // [R]
     let main = (weights * losses).sum() / b as f32;
     let bal = balance_loss(p.balance, probs);
     let zl = z_loss(z);

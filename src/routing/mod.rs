@@ -4,6 +4,7 @@
 //! data, is a benchmark: benches/routing_lab.)
 
 pub mod balance;
+pub mod centroid;
 pub mod curriculum;
 pub mod gate;
 pub mod joint;

@@ -106,8 +106,11 @@ impl Stage for Dense {
         let mut model = ck.model.clone();
         dev.seed(cfg.seed);
         model.attach_lora(&p.lora, 1, &dev)?;
-        let mut task = AdapterTask::new(&ck, &examples, &rows, 1, &cfg, None);
+        let mut task = AdapterTask::new(&ck, &examples, &rows, 1, &cfg, cfg.patience.map(|_| (&val_rows[..], &p.eval)));
         let (l0, w0) = task.validate(&model, &val_rows, &p.eval)?;
+        if cfg.patience.is_some() {
+            task.record_base(&model)?;
+        }
         let fingerprint = crate::util::hash_str(&format!(
             "dense|{}|{}|{budget}|{:?}",
             serde_json::to_string(p)?,
@@ -116,8 +119,9 @@ impl Stage for Dense {
         ));
         let ckpt = paths.out.join("checkpoint");
         let trained = train(model, &mut task, &cfg.loop_config(), &ckpt, &fingerprint)?;
-        let (l1, w1) = task.validate(&trained.model, &val_rows, &p.eval)?;
-        crate::whisper::peft::save_expert(&trained.model, 0, &p.lora, &paths.base.model, &paths.out.join("adapter"))?;
+        let model = trained.best.unwrap_or(trained.model);
+        let (l1, w1) = task.validate(&model, &val_rows, &p.eval)?;
+        crate::whisper::peft::save_expert(&model, 0, &p.lora, &paths.base.model, &paths.out.join("adapter"))?;
         let mut metrics = Table::default();
         for r in &task.records {
             metrics.push(vec![

@@ -62,6 +62,8 @@ pub struct ExpertSummary {
     pub expert: usize,
     pub train_rows: usize,
     pub val_utterances: usize,
+    /// The epoch whose adapters were kept (0 = the base model).
+    pub kept_epoch: Option<usize>,
     pub val_loss_base: Option<f64>,
     pub val_loss: Option<f64>,
     pub val_wer_base: Option<f64>,
@@ -164,7 +166,7 @@ impl Stage for Experts {
         ));
         let ckpt = paths.out.join("checkpoint");
         let trained = train(model, &mut task, &p.train.loop_config(), &ckpt, &fingerprint)?;
-        let model = trained.model;
+        let model = trained.best.unwrap_or(trained.model);
         for e in 0..k {
             crate::whisper::peft::save_expert(&model, e, &p.lora, &paths.base.model, &paths.out.join(format!("expert_{e}")))?;
         }
@@ -243,19 +245,34 @@ pub struct EpochRecord {
 }
 
 /// Training on fixed (utterance, expert) rows: expert pretraining, and the dense baseline
-/// (one expert, every training utterance).
+/// (one expert, every training utterance). With `patience`, each expert keeps its best epoch
+/// by val loss (epoch 0, the untouched base model, included) and stops training after
+/// `patience` epochs without a lower one.
 pub struct AdapterTask<'a> {
     ck: &'a Checkpoint,
     examples: &'a [Example],
     rows: &'a [Row],
     experts: usize,
     batch_size: usize,
+    /// Pack rows into shared windows (encoder adapters): batches then hold one expert's rows.
+    pack: bool,
+    patience: Option<usize>,
     cache: EncoderCache,
     /// Val rows (example, expert) and how to decode them; None = no per-epoch validation.
     validation: Option<(&'a [(usize, Option<usize>)], &'a EvalConfig)>,
     /// Row-loss sums per expert in the current epoch.
     epoch_loss: Vec<(f64, usize)>,
     pub records: Vec<EpochRecord>,
+    /// Per expert: (epoch, val loss) of its best epoch so far, and whether it has stopped.
+    pub best: Vec<Option<(usize, f64)>>,
+    pub stopped: Vec<bool>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AdapterState {
+    records: Vec<EpochRecord>,
+    best: Vec<Option<(usize, f64)>>,
+    stopped: Vec<bool>,
 }
 
 impl<'a> AdapterTask<'a> {
@@ -273,10 +290,14 @@ impl<'a> AdapterTask<'a> {
             rows,
             experts,
             batch_size: train.batch_size.max(1),
+            pack: train.pack,
+            patience: train.patience,
             cache: train.encoder_cache(),
             validation,
             epoch_loss: vec![(0.0, 0); experts],
             records: Vec::new(),
+            best: vec![None; experts],
+            stopped: vec![false; experts],
         }
     }
 
@@ -291,6 +312,7 @@ impl<'a> AdapterTask<'a> {
             Some((val, eval)) => self.validate(model, val, eval)?,
             None => (vec![None; self.experts], vec![None; self.experts]),
         };
+        self.best = val_loss.iter().map(|l| l.map(|l| (0, l))).collect();
         self.records.push(EpochRecord {
             epoch: 0,
             expert_loss: vec![None; self.experts],
@@ -319,34 +341,65 @@ impl<'a> AdapterTask<'a> {
         Ok(t)
     }
 
-    /// Per-expert summary: base (epoch 0) against the last epoch.
+    /// Per-expert summary: base (epoch 0) against the epoch kept (the best with `patience`,
+    /// else the last).
     pub fn summary(&self, train_count: &[usize], val: &[(usize, Option<usize>)]) -> Vec<ExpertSummary> {
-        let (first, last) = (self.records.first(), self.records.last());
+        let first = self.records.first();
         (0..self.experts)
-            .map(|e| ExpertSummary {
-                expert: e,
-                train_rows: train_count[e],
-                val_utterances: val.iter().filter(|(_, x)| *x == Some(e)).count(),
-                val_loss_base: first.and_then(|r| r.val_loss[e]),
-                val_loss: last.and_then(|r| r.val_loss[e]),
-                val_wer_base: first.and_then(|r| r.val_wer[e]),
-                val_wer: last.and_then(|r| r.val_wer[e]),
+            .map(|e| {
+                let kept = self.kept_epoch(e);
+                let kept = self.records.iter().find(|r| r.epoch == kept);
+                ExpertSummary {
+                    expert: e,
+                    train_rows: train_count[e],
+                    val_utterances: val.iter().filter(|(_, x)| *x == Some(e)).count(),
+                    kept_epoch: kept.map(|r| r.epoch),
+                    val_loss_base: first.and_then(|r| r.val_loss[e]),
+                    val_loss: kept.and_then(|r| r.val_loss[e]),
+                    val_wer_base: first.and_then(|r| r.val_wer[e]),
+                    val_wer: kept.and_then(|r| r.val_wer[e]),
+                }
             })
             .collect()
+    }
+
+    /// The epoch whose adapters expert `e` keeps.
+    pub fn kept_epoch(&self, e: usize) -> usize {
+        match (self.patience, self.best[e]) {
+            (Some(_), Some((epoch, _))) => epoch,
+            _ => self.records.last().map(|r| r.epoch).unwrap_or(0),
+        }
     }
 }
 
 impl TrainTask<Whisper> for AdapterTask<'_> {
     fn batches(&mut self, _epoch: usize, rng: &mut StdRng) -> Result<Vec<Vec<usize>>> {
         self.epoch_loss = vec![(0.0, 0); self.experts];
-        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        let live = |i: &usize| self.rows[*i].expert.is_none_or(|e| !self.stopped[e]);
+        let mut order: Vec<usize> = (0..self.rows.len()).filter(live).collect();
         order.shuffle(rng);
-        Ok(order.chunks(self.batch_size).map(<[usize]>::to_vec).collect())
+        if !self.pack {
+            return Ok(order.chunks(self.batch_size).map(<[usize]>::to_vec).collect());
+        }
+        // Batches of one expert's rows (in the shuffled order), then the batches shuffled.
+        let mut by_expert: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
+        for i in order {
+            let e = self.rows[i].expert;
+            match by_expert.iter_mut().find(|(x, _)| *x == e) {
+                Some((_, v)) => v.push(i),
+                None => by_expert.push((e, vec![i])),
+            }
+        }
+        let mut batches: Vec<Vec<usize>> =
+            by_expert.iter().flat_map(|(_, v)| v.chunks(self.batch_size).map(<[usize]>::to_vec)).collect();
+        batches.shuffle(rng);
+        Ok(batches)
     }
 
     fn loss(&mut self, model: &Whisper, batch: &[usize], _at: &StepInfo) -> Result<Tensor<1>> {
         let rows: Vec<Row> = batch.iter().map(|&i| self.rows[i]).collect();
-        let (loss, losses) = weighted_loss(self.ck, model, &mut self.cache, self.examples, &rows, rows.len(), true);
+        let (loss, losses) =
+            weighted_loss(self.ck, model, &mut self.cache, self.examples, &rows, rows.len(), true, self.pack);
         let values: Vec<f32> = losses.into_data().try_into_vec_as()?;
         for (r, l) in rows.iter().zip(values) {
             if let Some(e) = r.expert {
@@ -357,7 +410,7 @@ impl TrainTask<Whisper> for AdapterTask<'_> {
         Ok(loss)
     }
 
-    fn end_epoch(&mut self, model: &Whisper, _best: Option<&mut Whisper>, info: &EpochInfo) -> Result<bool> {
+    fn end_epoch(&mut self, model: &Whisper, best: Option<&mut Whisper>, info: &EpochInfo) -> Result<bool> {
         let expert_loss: Vec<Option<f64>> =
             self.epoch_loss.iter().map(|(s, c)| (*c > 0).then(|| s / *c as f64)).collect();
         let (val_loss, val_wer) = match self.validation {
@@ -374,6 +427,7 @@ impl TrainTask<Whisper> for AdapterTask<'_> {
                 fmt(val_wer.iter().map(|v| v.map_or("-".into(), |s| format!("{:.1}%", 100.0 * s.wer()))).collect()),
             );
         }
+        let stop = self.keep_best(model, best, info.epoch, &val_loss);
         self.records.push(EpochRecord {
             epoch: info.epoch,
             loss: Some(info.loss),
@@ -382,16 +436,49 @@ impl TrainTask<Whisper> for AdapterTask<'_> {
             val_loss,
             val_wer: val_wer.iter().map(|s| s.map(|s| s.wer())).collect(),
         });
-        Ok(false)
+        Ok(stop)
     }
 
     fn state(&self) -> Result<serde_json::Value> {
-        Ok(serde_json::to_value(&self.records)?)
+        let s = AdapterState { records: self.records.clone(), best: self.best.clone(), stopped: self.stopped.clone() };
+        Ok(serde_json::to_value(&s)?)
     }
 
     fn restore(&mut self, state: serde_json::Value) -> Result<()> {
-        self.records = serde_json::from_value(state)?;
+        let s: AdapterState = serde_json::from_value(state)?;
+        (self.records, self.best, self.stopped) = (s.records, s.best, s.stopped);
         Ok(())
+    }
+
+    fn keeps_best(&self) -> bool {
+        self.patience.is_some()
+    }
+}
+
+impl AdapterTask<'_> {
+    /// Early stopping: an expert whose val loss improved gets its adapters copied into `best`;
+    /// one that has not improved for `patience` epochs stops. True when every expert with val
+    /// utterances has stopped.
+    fn keep_best(&mut self, model: &Whisper, best: Option<&mut Whisper>, epoch: usize, val: &[Option<f64>]) -> bool {
+        let (Some(patience), Some(best)) = (self.patience, best) else { return false };
+        for e in 0..self.experts {
+            let Some(loss) = val[e] else { continue };
+            match self.best[e] {
+                Some((_, b)) if loss >= b => {
+                    let since = epoch - self.best[e].map_or(0, |x| x.0);
+                    if !self.stopped[e] && since >= patience {
+                        eprintln!("expert {e}: no lower val loss for {since} epochs; keeping epoch {}", epoch - since);
+                        self.stopped[e] = true;
+                    }
+                }
+                _ if !self.stopped[e] => {
+                    self.best[e] = Some((epoch, loss));
+                    best.copy_expert(model, e);
+                }
+                _ => {}
+            }
+        }
+        (0..self.experts).all(|e| self.stopped[e] || val[e].is_none())
     }
 }
 
@@ -408,7 +495,7 @@ pub fn evaluate_experts(
     let mut loss = vec![(0.0f64, 0usize); experts];
     for chunk in val.chunks(eval.batch_size.max(1)) {
         let rows: Vec<Row> = chunk.iter().map(|&(i, e)| Row { example: i, expert: e, weight: 1.0 }).collect();
-        let (_, l) = weighted_loss(ck, model, cache, examples, &rows, rows.len(), false);
+        let (_, l) = weighted_loss(ck, model, cache, examples, &rows, rows.len(), false, false);
         let l: Vec<f32> = l.into_data().try_into_vec_as()?;
         for ((_, e), v) in chunk.iter().zip(l) {
             if let Some(e) = e {

@@ -21,7 +21,7 @@ use crate::dataset::{Columns, Dataset};
 use crate::eval::EvalConfig;
 use crate::eval::wer::{Score, score};
 use crate::mixture::transcribe::transcribe;
-use crate::mixture::{MixtureConfig, Router};
+use crate::mixture::{MixtureConfig, Router, RouterKind};
 use crate::routing::gate::Gate;
 use crate::routing::joint::{JointData, JointModel, LogRow, RoutingParams, batch_loss, epoch_row};
 use crate::train::{EncoderCache, EpochInfo, Example, StepInfo, TrainConfig, TrainTask, examples_from_dataset, train};
@@ -39,6 +39,9 @@ crate::params! {
         pub device: String = "cpu".into(),
         pub language: Option<String> = None,
         pub columns: Columns = Columns::default(),
+        /// What routes the saved mixture at inference: `gate` (trained here) or `centroid`
+        /// (the nearest cluster centre; both are saved, so evaluate can compare them).
+        pub router: RouterKind = RouterKind::Gate,
     }
 }
 
@@ -130,6 +133,7 @@ impl Stage for Joint {
         let mut task = JointTask::new(&ck, &data, p);
         let trained = train(model, &mut task, &p.train.loop_config(), &ckpt, &fingerprint)?;
         let summary = write_outputs(&ck, &trained.model, &task, &experts, &emb_meta, paths, p, trained.steps)?;
+        crate::routing::centroid::Centroids::fit(&emb, &g.clusters)?.save(&paths.out.join("mixture"))?;
         std::fs::remove_dir_all(&ckpt).context("removing the training checkpoint")?;
         Ok(summary)
     }
@@ -225,11 +229,12 @@ impl<'a> JointTask<'a> {
         let (d, p) = (self.data, self.p);
         let phase = p.routing.phase(epoch);
         let idx: Vec<usize> = d.val.iter().map(|(i, _)| *i).collect();
-        let router = Router { gate: &v.gate, temperature };
+        // Validation judges the gate being trained (a centroid router needs no training).
+        let router = Router { gate: &v.gate, temperature, centroids: None };
         let mut loss = 0.0;
         let mut probs = Vec::new();
         for chunk in idx.chunks(p.eval.batch_size.max(1)) {
-            let bl = batch_loss(self.ck, &v, &mut self.cache, d, chunk, phase, temperature, 1.0, &p.routing, false)?;
+            let bl = batch_loss(self.ck, &v, &mut self.cache, d, chunk, phase, temperature, 1.0, &p.routing, false, false)?;
             loss += bl.main * chunk.len() as f64;
             probs.extend(router.route(d.emb(chunk, &self.ck.device.clone().inner()))?.probs);
         }
@@ -254,7 +259,7 @@ impl TrainTask<JointModel> for JointTask<'_> {
         let r = &self.p.routing;
         let phase = r.phase(at.epoch);
         let (temp, prog) = r.temperature_at(at.epoch, at.batch, at.batches);
-        let bl = batch_loss(self.ck, m, &mut self.cache, self.data, batch, phase, temp, prog, r, true)?;
+        let bl = batch_loss(self.ck, m, &mut self.cache, self.data, batch, phase, temp, prog, r, true, self.p.train.pack)?;
         let row = LogRow {
             kind: "step".into(),
             epoch: at.epoch + 1,
@@ -364,6 +369,7 @@ fn write_outputs(
         pooling: emb_meta.get("pooling").cloned().unwrap_or_else(|| "mean_valid".into()),
         layer: emb_meta.get("layer").and_then(|l| l.parse().ok()),
         lora: experts.lora.clone(),
+        router: p.router,
     };
     crate::util::write_json(&mix.join("routing.json"), &cfg)?;
 

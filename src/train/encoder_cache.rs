@@ -1,5 +1,6 @@
 //! Encoder states of utterances, computed once without gradients and reused across batches,
-//! epochs and experts when no adapter touches the encoder; and the base cross-attention
+//! epochs and experts: the output when no adapter touches the encoder, otherwise the input of
+//! the first layer an adapter touches; and the base cross-attention
 //! keys/values of the decoder, which depend only on those states and frozen weights.
 
 use std::collections::HashMap;
@@ -12,7 +13,8 @@ use crate::whisper::Checkpoint;
 /// Encoder states of utterances, computed once without gradients and reused across batches
 /// and epochs (valid when no adapter touches the encoder).
 pub struct EncoderCache {
-    states: HashMap<String, Tensor<2>>,
+    /// Keyed by (layers run, utterance id).
+    states: HashMap<(usize, String), Tensor<2>>,
     /// Keep at most this many utterances (each is 1500 x d_model floats).
     capacity: usize,
     /// Base (adapter-free) cross-attention keys and values per decoder layer, per utterance.
@@ -89,37 +91,50 @@ impl EncoderCache {
             .collect()
     }
 
-    /// States [n, 1500, d] of `examples` (plain device: constants for the autodiff graph).
+    /// Base encoder states [n, 1500, d] of `examples` (the encoder's output; plain device:
+    /// constants for the autodiff graph).
     pub fn states(
         &mut self,
         ck: &Checkpoint,
         encoder: &crate::whisper::model::Encoder,
         examples: &[&Example],
     ) -> Tensor<3> {
+        self.states_upto(ck, encoder, examples, encoder.layers.len())
+    }
+
+    /// Base hidden states after the first `upto` encoder layers (HF's `hidden_states[upto]`;
+    /// `upto` = all layers: the output, final norm included) of `examples`: the input of the
+    /// first layer an adapter touches, which only needs computing once per utterance.
+    pub fn states_upto(
+        &mut self,
+        ck: &Checkpoint,
+        encoder: &crate::whisper::model::Encoder,
+        examples: &[&Example],
+        upto: usize,
+    ) -> Tensor<3> {
+        let key = |e: &Example| (upto, e.id.clone());
         let missing: Vec<&Example> = {
             let mut seen = std::collections::HashSet::new();
-            examples.iter().filter(|e| !self.states.contains_key(&e.id) && seen.insert(e.id.clone())).copied().collect()
+            examples.iter().filter(|e| !self.states.contains_key(&key(e)) && seen.insert(e.id.clone())).copied().collect()
         };
-        let mut fresh: HashMap<String, Tensor<2>> = HashMap::new();
+        let mut fresh: HashMap<(usize, String), Tensor<2>> = HashMap::new();
         if !missing.is_empty() {
             let feats: Vec<Vec<f32>> = missing.iter().map(|e| ck.features(&e.audio)).collect();
-            let enc = encoder.forward(ck.mel_batch(&feats), None); // [m, 1500, d]
-            let [m, t, d] = enc.dims();
+            let enc = encoder.forward_upto(ck.mel_batch(&feats), upto, None); // [m, 1500, d]
+            let [_, t, d] = enc.dims();
             for (i, e) in missing.iter().enumerate() {
                 let s = enc.clone().slice(s![i..i + 1, .., ..]).reshape([t, d]);
                 if self.states.len() < self.capacity {
-                    self.states.insert(e.id.clone(), s);
+                    self.states.insert(key(e), s);
                 } else {
-                    fresh.insert(e.id.clone(), s);
+                    fresh.insert(key(e), s);
                 }
             }
-            let _ = m;
         }
         let rows: Vec<Tensor<2>> = examples
             .iter()
-            .map(|e| self.states.get(&e.id).or_else(|| fresh.get(&e.id)).expect("encoded").clone())
+            .map(|e| self.states.get(&key(e)).or_else(|| fresh.get(&key(e))).expect("encoded").clone())
             .collect();
         Tensor::stack(rows, 0)
     }
 }
-

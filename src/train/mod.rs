@@ -41,6 +41,15 @@ crate::params! {
         pub cross_kv_cache_mb: usize = 6144,
         /// Stop after this many optimizer steps (a budget; None = all epochs).
         pub max_steps: Option<u64> = None,
+        /// When adapters touch the encoder, pack the utterances an expert trains on into
+        /// shared 30-s windows (one encoder pass per window), with their transcripts joined;
+        /// each utterance's loss is still the mean over its own tokens. About 2x faster on
+        /// short clips but it trains on windows unlike the ones the model sees at inference:
+        /// measured on the demo, one epoch reached val loss 0.707 packed vs 0.513 unpacked.
+        pub pack: bool = false,
+        /// Stop an expert after this many epochs without a lower val loss and keep its best
+        /// epoch (None = train every epoch and keep the last).
+        pub patience: Option<usize> = None,
     }
 }
 

@@ -48,7 +48,16 @@ impl Whisper {
     /// Does any adapter touch the encoder? If not, the encoder is shared by all experts and
     /// runs without gradients.
     pub fn encoder_has_adapters(&self) -> bool {
-        self.loras().iter().any(|(n, _)| n.starts_with("model.encoder."))
+        self.first_adapted_encoder_layer().is_some()
+    }
+
+    /// The first encoder layer an adapter touches: the layers below it are the base model's
+    /// for every expert, and their output can be computed once per utterance.
+    pub fn first_adapted_encoder_layer(&self) -> Option<usize> {
+        self.loras()
+            .iter()
+            .filter_map(|(n, _)| n.strip_prefix("model.encoder.layers.")?.split('.').next()?.parse::<usize>().ok())
+            .min()
     }
 
     /// Attach fresh adapters for `experts` experts to every targeted projection: A uniform in
@@ -80,3 +89,27 @@ impl Whisper {
     }
 }
 
+
+impl Whisper {
+    /// Expert `e`'s adapters set to those of `from` (a model with the same adapters): how a
+    /// training run keeps each expert's best epoch.
+    pub fn copy_expert(&mut self, from: &Whisper, e: usize) {
+        let mut src = from.clone();
+        let sources: std::collections::HashMap<String, MultiLora> =
+            src.projs_mut().into_iter().filter_map(|(n, p)| p.lora.clone().map(|l| (n, l))).collect();
+        for (name, proj) in self.projs_mut() {
+            let (Some(l), Some(s)) = (proj.lora.as_mut(), sources.get(&name)) else { continue };
+            let put = |dst: &burn::module::Param<Tensor<3>>, src: &burn::module::Param<Tensor<3>>| {
+                let d = dst.val();
+                let [_, x, y] = d.dims();
+                let device = d.device();
+                let row = src.val().slice(s![e..e + 1, .., ..]);
+                let t = Tensor::<3>::from_data(d.slice_assign(s![e..e + 1, 0..x, 0..y], row).into_data(), &device);
+                let t = if device.is_autodiff() { t.require_grad() } else { t };
+                burn::module::Param::initialized(dst.id, t)
+            };
+            l.a = put(&l.a, &s.a);
+            l.b = put(&l.b, &s.b);
+        }
+    }
+}

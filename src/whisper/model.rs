@@ -196,7 +196,7 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn forward(&self, x: Tensor<3>, route: Option<&Route>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, route: Option<&Route>) -> Tensor<3> {
         let h = self.self_attn_layer_norm.forward(x.clone());
         let (k, v) = self.self_attn.kv(h.clone(), route);
         let x = x + self.self_attn.attend(h, k, v, false, route);
@@ -236,6 +236,16 @@ impl Encoder {
 
     pub fn forward(&self, mel: Tensor<3>, route: Option<&Route>) -> Tensor<3> {
         self.forward_upto(mel, self.layers.len(), route)
+    }
+
+    /// The encoder's output from hidden states `x` [b, 1500, d] after the first `from` layers
+    /// (what `forward_upto(mel, from)` returns for `from` < the number of layers).
+    pub fn forward_from(&self, x: Tensor<3>, from: usize, route: Option<&Route>) -> Tensor<3> {
+        let mut x = x;
+        for layer in self.layers.iter().skip(from) {
+            x = layer.forward(x, route);
+        }
+        self.layer_norm.forward(x)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod plots;
 pub mod score;
 pub mod systems;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -27,8 +28,12 @@ crate::params! {
         /// The splits of the clusters stage to evaluate; the first one is the report's.
         pub splits: Vec<String> = vec!["test".into(), "val".into()],
         pub eval: EvalConfig = EvalConfig::default(),
-        /// A column of the dataset to break results down by (e.g. domain).
+        /// A column of the dataset to break results down by (e.g. domain); also the rows of the
+        /// label-versus-expert confusion.
         pub label_column: Option<String> = Some("domain".into()),
+        /// More columns to break results down by where a dataset has them (e.g. the held-out
+        /// set's voice_group: seen / new voices).
+        pub group_columns: Vec<String> = vec!["voice_group".into()],
         pub device: String = "cpu".into(),
         pub language: Option<String> = None,
         pub columns: Columns = Columns::default(),
@@ -53,6 +58,10 @@ pub struct EvaluatePaths {
     pub dense: PathBuf,
     #[arg(long)]
     pub out: PathBuf,
+    /// A held-out dataset, NAME=DIR (any supported format; repeatable): speech the training
+    /// never saw, run through the same path as `pipeline transcribe --mixture`.
+    #[arg(long = "heldout", value_name = "NAME=DIR")]
+    pub heldout: Vec<String>,
 }
 
 /// One line of `metrics.json`'s results.
@@ -71,6 +80,9 @@ pub struct Metrics {
     pub results: Vec<ResultRow>,
     /// Share of the first split's utterances the gate sends to their cluster's expert.
     pub routing_accuracy: Option<f64>,
+    /// Per evaluated set: the share routed to the oracle expert (the cluster; for held-out
+    /// speech the nearest cluster centre of its embedding).
+    pub routing_accuracy_by_set: BTreeMap<String, f64>,
 }
 
 /// What the stage prints: the result table and where the report is.
@@ -97,7 +109,7 @@ impl Stage for Evaluate {
 
     fn run(paths: &EvaluatePaths, p: &EvaluateParams) -> Result<EvaluateReport> {
         let inp = systems::Inputs::load(paths, p)?;
-        let (runs, routing_probs) = systems::transcribe_splits(&inp, p)?;
+        let (runs, routing_probs) = systems::transcribe_sets(&inp, p)?;
         let scored = score::score_runs(&inp, &runs, p)?;
         let meta = standard_metadata("evaluate", Some(&inp.ck().hash));
         scored.predictions.write(&paths.out.join("predictions"), &meta)?;
@@ -108,12 +120,15 @@ impl Stage for Evaluate {
             &plots_dir(&report_dir),
             &plots::PlotInputs {
                 joint: &paths.joint,
+                clusters: &paths.clusters,
                 experts_dir: &paths.experts,
                 experts: inp.experts,
                 scored: &scored,
                 routing: &routing,
                 routing_probs: &routing_probs,
-                split: &first,
+                sets: std::iter::once(first.as_str())
+                    .chain(inp.sets.iter().filter(|s| s.heldout).map(|s| s.name.as_str()))
+                    .collect(),
                 label_column: p.label_column.as_deref(),
             },
         )?;
@@ -123,13 +138,13 @@ impl Stage for Evaluate {
             facts: vec![
                 ("model".to_string(), paths.base.model.clone()),
                 ("experts".to_string(), inp.experts.to_string()),
-                ("splits".to_string(), p.splits.join(", ")),
+                ("sets".to_string(), inp.sets.iter().map(|s| s.name.clone()).collect::<Vec<_>>().join(", ")),
                 ("normalizer".to_string(), format!("{:?}", p.eval.normalizer)),
             ],
             notes: vec![
-                "mixture: the gate's top-1 expert per utterance, routed from the audio as `pipeline transcribe --mixture` does; oracle: the expert of the utterance's cluster; dense: one adapter trained on all training utterances with the mixture's step budget.".to_string(),
+                "mixture: the gate's top-1 expert per utterance, routed from the audio as `pipeline transcribe --mixture` does; oracle: the expert of the utterance's cluster (held-out speech: the nearest cluster centre of its embedding); dense: one adapter trained on all training utterances with the mixture's step budget.".to_string(),
             ],
-            systems: ordered_systems(scored.by_system, &p.splits),
+            systems: ordered_systems(scored.by_system, &inp.sets.iter().map(|s| s.name.clone()).collect::<Vec<_>>()),
             routing: Some(routing),
             plots: figs,
         };
@@ -145,7 +160,16 @@ impl Stage for Evaluate {
                 words: sc.words.words,
             })
             .collect();
-        crate::util::write_json(&paths.out.join("metrics.json"), &Metrics { results, routing_accuracy: accuracy })?;
+        let routing_accuracy_by_set = inp
+            .sets
+            .iter()
+            .filter_map(|s| {
+                let r = score::routing_summary(&inp, &runs, &s.name, None);
+                (r.total > 0).then(|| (s.name.clone(), r.correct as f64 / r.total as f64))
+            })
+            .collect();
+        let metrics = Metrics { results, routing_accuracy: accuracy, routing_accuracy_by_set };
+        crate::util::write_json(&paths.out.join("metrics.json"), &metrics)?;
         Ok(EvaluateReport { results: scored.results, report: super::final_path(&report_dir.join("index.html")) })
     }
 }

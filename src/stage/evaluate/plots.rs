@@ -33,13 +33,15 @@ impl Figures<'_> {
 /// What the plots are drawn from.
 pub struct PlotInputs<'a> {
     pub joint: &'a Path,
+    /// The cluster stage's output (its summary.json holds the `k: auto` curve).
+    pub clusters: &'a Path,
     pub experts_dir: &'a Path,
     pub experts: usize,
     pub scored: &'a Scored,
     pub routing: &'a RoutingSummary,
     pub routing_probs: &'a RoutingProbs,
-    /// The split the per-group plots show (the first evaluated one).
-    pub split: &'a str,
+    /// The sets the per-group plots show (the first split, then the held-out sets).
+    pub sets: Vec<&'a str>,
     pub label_column: Option<&'a str>,
 }
 
@@ -54,6 +56,7 @@ pub fn draw(dir: &Path, inp: &PlotInputs) -> Result<Vec<ReportPlot>> {
     if let Ok(m) = read_dataset(&inp.experts_dir.join("metrics")).and_then(|d| d.concat()) {
         experts_plot(&mut figs, &m, inp.experts)?;
     }
+    k_plot(&mut figs, inp.clusters);
     let val_probs: Vec<Vec<f64>> = inp
         .routing_probs
         .iter()
@@ -71,7 +74,7 @@ pub fn draw(dir: &Path, inp: &PlotInputs) -> Result<Vec<ReportPlot>> {
             plots::confusion_heatmap(
                 figs.dir,
                 "confusion",
-                &format!("{} vs chosen expert ({})", c.label_column, inp.split),
+                &format!("{} vs chosen expert ({})", c.label_column, inp.sets[0]),
                 &c.labels,
                 &c.experts,
                 &c.counts,
@@ -79,7 +82,9 @@ pub fn draw(dir: &Path, inp: &PlotInputs) -> Result<Vec<ReportPlot>> {
             "Label column against the mixture's chosen expert.",
         );
     }
-    wer_plot(&mut figs, inp);
+    for (i, set) in inp.sets.iter().enumerate() {
+        wer_plot(&mut figs, inp, set, if i == 0 { "wer_by_group".to_string() } else { format!("wer_by_group_{set}") });
+    }
     Ok(figs.out)
 }
 
@@ -144,6 +149,33 @@ fn joint_plots(figs: &mut Figures, inp: &PlotInputs, steps: &RecordBatch, names:
     Ok(())
 }
 
+/// The `k: auto` curve of the cluster stage, when it chose k.
+fn k_plot(figs: &mut Figures, clusters: &Path) {
+    let Ok(summary) = crate::util::read_json::<serde_json::Value>(&clusters.join("summary.json")) else { return };
+    let sel = &summary["k_selection"];
+    let (Some(criterion), Some(curve), Some(chosen)) =
+        (sel["criterion"].as_str(), sel["curve"].as_array(), sel["chosen"].as_u64())
+    else {
+        return;
+    };
+    let points: Vec<(f64, f64)> = curve
+        .iter()
+        .filter_map(|c| Some((c["k"].as_f64()?, c["scores"][criterion].as_f64()?)))
+        .collect();
+    let picked: Vec<(f64, f64)> = points.iter().copied().filter(|(k, _)| *k == chosen as f64).collect();
+    figs.add(
+        plots::line_chart(
+            figs.dir,
+            "k_selection",
+            &format!("Number of experts: {criterion} by k (chose {chosen})"),
+            "k",
+            criterion,
+            &[Series::new(criterion, points), Series::new(format!("chosen k = {chosen}"), picked)],
+        ),
+        &format!("The cluster stage's `k: auto`: {criterion} for each k tried, and the k chosen."),
+    );
+}
+
 /// Each expert's val loss over pretraining epochs.
 fn experts_plot(figs: &mut Figures, m: &RecordBatch, k: usize) -> Result<()> {
     let ex = i64s(m, "expert")?;
@@ -174,7 +206,7 @@ fn experts_plot(figs: &mut Figures, m: &RecordBatch, k: usize) -> Result<()> {
 }
 
 /// WER per system and group (the label column when scored, else the cluster).
-fn wer_plot(figs: &mut Figures, inp: &PlotInputs) {
+fn wer_plot(figs: &mut Figures, inp: &PlotInputs, set: &str, file: String) {
     let by = &inp.scored.by_system;
     let group_col = inp
         .label_column
@@ -183,7 +215,7 @@ fn wer_plot(figs: &mut Figures, inp: &PlotInputs) {
         .unwrap_or_else(|| "cluster".into());
     let mut groups: Vec<String> = by
         .iter()
-        .filter(|((s, _), _)| s == inp.split)
+        .filter(|((s, _), _)| s == set)
         .flat_map(|(_, r)| r.groups.get(&group_col).map(|g| g.keys().cloned().collect::<Vec<_>>()).unwrap_or_default())
         .collect();
     groups.sort();
@@ -194,7 +226,7 @@ fn wer_plot(figs: &mut Figures, inp: &PlotInputs) {
     let wer: Vec<Vec<f64>> = systems
         .iter()
         .map(|s| {
-            let Some(r) = by.get(&(inp.split.to_string(), s.to_string())) else { return vec![f64::NAN; groups.len()] };
+            let Some(r) = by.get(&(set.to_string(), s.to_string())) else { return vec![f64::NAN; groups.len()] };
             groups
                 .iter()
                 .map(|g| match g.as_str() {
@@ -207,12 +239,12 @@ fn wer_plot(figs: &mut Figures, inp: &PlotInputs) {
     figs.add(
         plots::wer_by_group(
             figs.dir,
-            "wer_by_group",
-            &format!("WER per {group_col} ({})", inp.split),
+            &file,
+            &format!("WER per {group_col} ({set})"),
             &systems.map(String::from),
             &groups,
             &wer,
         ),
-        "WER per system and group.",
+        &format!("WER per system and {group_col} on {set}."),
     );
 }

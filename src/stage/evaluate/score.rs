@@ -33,12 +33,12 @@ pub fn score_runs(inp: &Inputs, runs: &[Run], p: &EvaluateParams) -> Result<Scor
             let ex = &inp.examples[*i];
             let s = score(p.eval.normalizer, &ex.text, hyp);
             overall += s;
-            let cluster = inp.cluster_of[&ex.id];
+            let cluster = inp.oracle[*i];
             *groups.entry("cluster".into()).or_default().entry(format!("cluster {cluster}")).or_default() += s;
-            let label = inp.label_of.get(&ex.id);
-            if let (Some(l), Some(col)) = (label, &p.label_column) {
-                *groups.entry(col.clone()).or_default().entry(l.clone()).or_default() += s;
+            for (col, value) in &inp.labels[*i] {
+                *groups.entry(col.clone()).or_default().entry(value.clone()).or_default() += s;
             }
+            let label = p.label_column.as_ref().and_then(|c| inp.labels[*i].get(c));
             predictions.push(vec![
                 ("system", run.system.as_str().into()),
                 ("split", run.split.as_str().into()),
@@ -64,23 +64,24 @@ pub fn score_runs(inp: &Inputs, runs: &[Run], p: &EvaluateParams) -> Result<Scor
     Ok(Scored { predictions, results, by_system })
 }
 
-/// Routing accuracy of the mixture against the clusters on `split`, and the confusion of the
-/// label column against the chosen expert.
+/// Routing accuracy of the mixture on `split` against the oracle expert (the cluster; for
+/// held-out speech the nearest centre), and the confusion of the label column against the
+/// chosen expert.
 pub fn routing_summary(inp: &Inputs, runs: &[Run], split: &str, label_column: Option<&str>) -> RoutingSummary {
     let Some(run) = runs.iter().find(|r| r.system == "mixture" && r.split == split) else {
         return RoutingSummary { correct: 0, total: 0, confusions: vec![] };
     };
-    let id = |i: usize| inp.examples[i].id.as_str();
-    let correct = run.rows.iter().filter(|(i, e, _)| Some(inp.cluster_of[id(*i)]) == *e).count();
+    let label = |i: usize| label_column.and_then(|c| inp.labels[i].get(c));
+    let correct = run.rows.iter().filter(|(i, e, _)| Some(inp.oracle[*i]) == *e).count();
     let mut confusions = Vec::new();
     if let Some(col) = label_column {
-        let mut labels: Vec<String> = run.rows.iter().filter_map(|(i, _, _)| inp.label_of.get(id(*i)).cloned()).collect();
+        let mut labels: Vec<String> = run.rows.iter().filter_map(|(i, _, _)| label(*i).cloned()).collect();
         labels.sort();
         labels.dedup();
         if !labels.is_empty() {
             let mut counts = vec![vec![0u64; inp.experts]; labels.len()];
             for (i, e, _) in &run.rows {
-                if let (Some(l), Some(e)) = (inp.label_of.get(id(*i)), e) {
+                if let (Some(l), Some(e)) = (label(*i), e) {
                     counts[labels.iter().position(|x| x == l).unwrap()][*e] += 1;
                 }
             }

@@ -1,38 +1,50 @@
-//! Evaluate, step 1: the systems' transcripts of each evaluated split. Every system decodes
+//! Evaluate, step 1: the systems' transcripts of each evaluated set. Every system decodes
 //! through `mixture::transcribe`; the mixture routes each clip from its audio exactly as
 //! `pipeline transcribe --mixture` does (embedding -> gate -> expert), not from stored
-//! embeddings.
+//! embeddings. The sets are the cluster stage's splits (test, val) and any held-out datasets
+//! (`--heldout NAME=DIR`): speech the training never saw, whose oracle expert is the nearest
+//! cluster centre of its embedding.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use super::{EvaluateParams, EvaluatePaths};
-use crate::artifacts::{CHECKPOINT_HASH, Embeddings};
+use crate::artifacts::{CHECKPOINT_HASH, Embeddings, Grouping};
 use crate::dataset::Dataset;
 use crate::mixture::transcribe::transcribe;
 use crate::mixture::{Mixture, MixtureConfig};
+use crate::routing::centroid::Centroids;
 use crate::routing::gate::Gate;
 use crate::train::{EncoderCache, Example, examples_from_dataset};
-use crate::whisper::model::Whisper;
 use crate::whisper::Checkpoint;
+use crate::whisper::model::Whisper;
 
 /// The systems compared, in report order.
 pub const SYSTEMS: [&str; 4] = ["base", "mixture", "oracle", "dense"];
 
-/// Everything the systems need: the base checkpoint, the mixture, the dense adapter, and the
-/// evaluated utterances.
+/// An evaluated set of utterances.
+pub struct Set {
+    pub name: String,
+    /// Indices into `Inputs::examples`.
+    pub examples: Vec<usize>,
+    /// A held-out dataset (not a split of the training data).
+    pub heldout: bool,
+}
+
+/// Everything the systems need: the mixture (with the base checkpoint), the dense adapter,
+/// and the evaluated utterances with their oracle expert and labels.
 pub struct Inputs {
     pub mixture: Mixture,
     pub dense: Whisper,
     pub experts: usize,
     pub examples: Vec<Example>,
-    /// Per evaluated split: its utterances (indices into `examples`).
-    pub splits: Vec<(String, Vec<usize>)>,
-    /// Cluster of every clustered utterance (the oracle's expert).
-    pub cluster_of: HashMap<String, usize>,
-    /// The label column's value per utterance, when the embeddings carry it.
-    pub label_of: HashMap<String, String>,
+    /// Per example: the expert of its cluster, or for held-out speech of its nearest centre.
+    pub oracle: Vec<usize>,
+    /// Per example: label columns (e.g. domain, voice_group) and their values.
+    pub labels: Vec<BTreeMap<String, String>>,
+    pub sets: Vec<Set>,
 }
 
 impl Inputs {
@@ -44,8 +56,6 @@ impl Inputs {
         let (ck, g) = super::super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, false)?;
         let dev = ck.device.clone();
         let (emb, _) = Embeddings::read(&paths.embeddings)?;
-        let label_of = labels(&emb, p.label_column.as_deref());
-        let cluster_of = g.clusters.ids.iter().cloned().zip(g.clusters.cluster.iter().map(|&c| c.max(0) as usize)).collect();
         let mix_dir = paths.joint.join("mixture");
         let gate_hash = Gate::read_metadata(&mix_dir.join("gate"))?.get(CHECKPOINT_HASH).cloned();
         if gate_hash.as_ref().is_some_and(|h| h != &ck.hash) {
@@ -53,47 +63,122 @@ impl Inputs {
         }
         let mut dense = ck.model.clone();
         crate::whisper::peft::load_experts(&mut dense, &[paths.dense.join("adapter")], &dev)?;
+        let centroids = Centroids::fit(&emb, &g.clusters)?;
+        let mut inp = Inputs {
+            dense,
+            experts: g.experts(),
+            examples: Vec::new(),
+            oracle: Vec::new(),
+            labels: Vec::new(),
+            sets: Vec::new(),
+            mixture: Mixture::with_checkpoint(&mix_dir, MixtureConfig::read(&mix_dir)?, ck)?,
+        };
+        inp.add_splits(&g, &emb, &paths.base.dataset, p)?;
+        for spec in &paths.heldout {
+            let (name, dir) = spec.split_once('=').map(|(n, d)| (n.to_string(), d)).unwrap_or(("heldout".into(), spec));
+            inp.add_heldout(&name, Path::new(dir), &centroids, p)?;
+        }
+        Ok(inp)
+    }
 
+    /// The cluster stage's splits: labels from the embeddings, oracle = the cluster.
+    fn add_splits(&mut self, g: &Grouping, emb: &Embeddings, dataset: &Path, p: &EvaluateParams) -> Result<()> {
+        let columns = group_columns(p);
+        let row_of: HashMap<&str, usize> = emb.ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        let cluster_of: HashMap<&str, usize> =
+            g.clusters.ids.iter().map(String::as_str).zip(g.clusters.cluster.iter().map(|&c| c.max(0) as usize)).collect();
         let split_ids: Vec<(String, Vec<String>)> =
             p.splits.iter().map(|s| (s.clone(), g.split(s).into_iter().map(|(_, id)| id.to_string()).collect())).collect();
         let wanted: HashSet<String> = split_ids.iter().flat_map(|(_, v)| v.iter().cloned()).collect();
-        let ds = Dataset::open(&paths.base.dataset, &p.columns)?;
-        let by_id = examples_from_dataset(&ck, &ds, &wanted, true, p.language.as_deref())?;
-        let mut examples: Vec<Example> = Vec::new();
+        let ds = Dataset::open(dataset, &p.columns)?;
+        let mut by_id = examples_from_dataset(self.ck(), &ds, &wanted, true, p.language.as_deref())?;
+        warn_missing(&columns, &emb.extra.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), "the embeddings");
         let mut index: HashMap<String, usize> = HashMap::new();
-        let splits = split_ids
-            .into_iter()
-            .map(|(s, ids)| {
-                let idx = ids
+        for (split, ids) in split_ids {
+            let mut idx = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(&i) = index.get(&id) {
+                    idx.push(i);
+                    continue;
+                }
+                let labels = columns
                     .iter()
-                    .map(|id| {
-                        *index.entry(id.clone()).or_insert_with(|| {
-                            examples.push(by_id[id].clone());
-                            examples.len() - 1
-                        })
+                    .filter_map(|c| {
+                        let v = emb.column(c)?[*row_of.get(id.as_str())?].clone()?;
+                        Some((c.clone(), v))
                     })
                     .collect();
-                (s, idx)
-            })
-            .collect();
-        let experts = g.experts();
-        let mixture = Mixture::with_checkpoint(&mix_dir, MixtureConfig::read(&mix_dir)?, ck)?;
-        Ok(Inputs { mixture, dense, experts, examples, splits, cluster_of, label_of })
-    }
-}
-
-fn labels(emb: &Embeddings, column: Option<&str>) -> HashMap<String, String> {
-    let Some(c) = column else { return HashMap::new() };
-    match emb.column(c) {
-        Some(v) => emb.ids.iter().cloned().zip(v.iter().map(|x| x.clone().unwrap_or_default())).collect(),
-        None => {
-            eprintln!("warning: the embeddings have no `{c}` column; no per-label breakdown");
-            HashMap::new()
+                self.push(by_id.remove(&id).context("an utterance of the splits")?, cluster_of[id.as_str()], labels);
+                index.insert(id, self.examples.len() - 1);
+                idx.push(self.examples.len() - 1);
+            }
+            self.sets.push(Set { name: split, examples: idx, heldout: false });
         }
+        Ok(())
+    }
+
+    /// A held-out dataset: every row with audio and a transcript; labels from its columns;
+    /// oracle = the nearest centre of its embedding (computed from the audio, as routing).
+    fn add_heldout(&mut self, name: &str, dir: &Path, centroids: &Centroids, p: &EvaluateParams) -> Result<()> {
+        let ds = Dataset::open(dir, &p.columns).with_context(|| format!("held-out dataset `{name}`"))?;
+        let columns = group_columns(p);
+        warn_missing(&columns, ds.extra_columns(), &format!("held-out dataset `{name}`"));
+        let rows: Vec<_> = ds.iter(0..ds.len()).collect::<Result<_>>()?;
+        let usable: Vec<_> = rows.iter().filter(|u| u.text.as_deref().is_some_and(|t| !t.trim().is_empty())).collect();
+        if usable.len() < rows.len() {
+            eprintln!("warning: held-out `{name}`: {} rows without a transcript left out", rows.len() - usable.len());
+        }
+        let wanted: HashSet<String> = usable.iter().map(|u| u.id.clone()).collect();
+        let mut by_id = examples_from_dataset(self.ck(), &ds, &wanted, true, p.language.as_deref())?;
+        let mut idx = Vec::new();
+        let mut batch: Vec<usize> = Vec::new();
+        for u in &usable {
+            let mut ex = by_id.remove(&u.id).context("a held-out utterance")?;
+            // Ids are only unique within a dataset; the encoder cache keys on them.
+            ex.id = format!("{name}:{}", ex.id);
+            let labels = ds
+                .extra_columns()
+                .iter()
+                .zip(&u.extra)
+                .filter(|(c, v)| columns.contains(c) && v.is_some())
+                .map(|(c, v)| (c.clone(), v.clone().unwrap_or_default()))
+                .collect();
+            self.push(ex, 0, labels);
+            idx.push(self.examples.len() - 1);
+            batch.push(self.examples.len() - 1);
+        }
+        // Oracle: the nearest centre of each embedding.
+        for chunk in batch.chunks(p.eval.batch_size.max(1)) {
+            let exs: Vec<&Example> = chunk.iter().map(|&i| &self.examples[i]).collect();
+            let emb: Vec<f32> = self.mixture.embed(&exs, None)?.into_data().try_into_vec_as()?;
+            for (&i, e) in chunk.iter().zip(centroids.nearest(&emb)) {
+                self.oracle[i] = e;
+            }
+        }
+        eprintln!("held-out `{name}`: {} utterances from {}", idx.len(), ds.path.display());
+        self.sets.push(Set { name: name.to_string(), examples: idx, heldout: true });
+        Ok(())
+    }
+
+    fn push(&mut self, ex: Example, oracle: usize, labels: BTreeMap<String, String>) {
+        self.examples.push(ex);
+        self.oracle.push(oracle);
+        self.labels.push(labels);
     }
 }
 
-/// One system's transcripts of one split.
+/// The columns results are broken down by: the label column, then the group columns.
+pub fn group_columns(p: &EvaluateParams) -> Vec<String> {
+    p.label_column.iter().chain(&p.group_columns).cloned().collect()
+}
+
+fn warn_missing(columns: &[String], have: &[String], what: &str) {
+    for c in columns.iter().filter(|c| !have.contains(c)) {
+        eprintln!("warning: {what} has no `{c}` column; no breakdown by it there");
+    }
+}
+
+/// One system's transcripts of one set.
 pub struct Run {
     pub system: String,
     pub split: String,
@@ -101,26 +186,29 @@ pub struct Run {
     pub rows: Vec<(usize, Option<usize>, String)>,
 }
 
-/// Gate probabilities of the mixture's routing: (split, cluster, probabilities).
+/// The mixture's routing of every evaluated utterance: (set, example, gate probabilities).
 pub type RoutingProbs = Vec<(String, usize, Vec<f32>)>;
 
-/// Every system on every evaluated split.
-pub fn transcribe_splits(inp: &Inputs, p: &EvaluateParams) -> Result<(Vec<Run>, RoutingProbs)> {
+/// Every system on every evaluated set.
+pub fn transcribe_sets(inp: &Inputs, p: &EvaluateParams) -> Result<(Vec<Run>, RoutingProbs)> {
     let ck = inp.ck();
     let mut cache = EncoderCache::new(inp.examples.len().max(1));
     let mut runs = Vec::new();
     let mut routing = Vec::new();
-    for (split, idx) in &inp.splits {
-        let exs: Vec<&Example> = idx.iter().map(|&i| &inp.examples[i]).collect();
-        let oracle: Vec<Option<usize>> = exs.iter().map(|e| Some(inp.cluster_of[&e.id])).collect();
+    for set in &inp.sets {
+        let exs: Vec<&Example> = set.examples.iter().map(|&i| &inp.examples[i]).collect();
+        let oracle: Vec<Option<usize>> = set.examples.iter().map(|&i| Some(inp.oracle[i])).collect();
         for name in SYSTEMS {
             let t0 = std::time::Instant::now();
             let (experts, hyps) = match name {
-                "base" => (vec![None; exs.len()], transcribe(ck, &ck.model, &exs, &vec![None; exs.len()], &p.eval, Some(&mut cache))?),
+                "base" => {
+                    let none = vec![None; exs.len()];
+                    (none.clone(), transcribe(ck, &ck.model, &exs, &none, &p.eval, Some(&mut cache))?)
+                }
                 "mixture" => {
                     let routed = inp.mixture.transcribe_examples(&exs, &p.eval, Some(&mut cache))?;
-                    for (e, r) in exs.iter().zip(&routed) {
-                        routing.push((split.clone(), inp.cluster_of[&e.id], r.probs.clone()));
+                    for (&i, r) in set.examples.iter().zip(&routed) {
+                        routing.push((set.name.clone(), i, r.probs.clone()));
                     }
                     routed.into_iter().map(|r| (Some(r.expert), r.text)).unzip()
                 }
@@ -130,9 +218,9 @@ pub fn transcribe_splits(inp: &Inputs, p: &EvaluateParams) -> Result<(Vec<Run>, 
                     (one.clone(), transcribe(ck, &inp.dense, &exs, &one, &p.eval, Some(&mut cache))?)
                 }
             };
-            eprintln!("{name} on {split}: {} utterances in {:.1} s", exs.len(), t0.elapsed().as_secs_f64());
-            let rows = idx.iter().zip(experts).zip(hyps).map(|((&i, e), h)| (i, e, h)).collect();
-            runs.push(Run { system: name.into(), split: split.clone(), rows });
+            eprintln!("{name} on {}: {} utterances in {:.1} s", set.name, exs.len(), t0.elapsed().as_secs_f64());
+            let rows = set.examples.iter().zip(experts).zip(hyps).map(|((&i, e), h)| (i, e, h)).collect();
+            runs.push(Run { system: name.into(), split: set.name.clone(), rows });
         }
     }
     Ok((runs, routing))

@@ -68,7 +68,9 @@ fn main() {
             },
             start.elapsed().as_secs_f64()
         );
-        println!("| layer | pooling | k chosen | silhouette | NMI | ARI | NMI at true k | k: silhouette/calinski_harabasz/davies_bouldin |");
+        println!(
+            "| layer | pooling | k chosen | silhouette | NMI | ARI | NMI at true k | k: silhouette/calinski_harabasz/davies_bouldin |"
+        );
         println!("|---|---|---|---|---|---|---|---|");
         let true_k = {
             let mut d: Vec<_> = utts.iter().map(|u| u.extra[dcol].clone()).collect();
@@ -97,7 +99,8 @@ fn main() {
                     let labels: Vec<String> = emb.extra[0].1.iter().map(|v| v.clone().unwrap_or_default()).collect();
                     std::fs::write(Path::new(&dir).join(format!("{stem}.labels")), labels.join("\n")).unwrap();
                 }
-                let params = ClusterParams { label_column: Some("domain".into()), min_cluster_size: 0, ..Default::default() };
+                let params =
+                    ClusterParams { label_column: Some("domain".into()), min_cluster_size: 0, ..Default::default() };
                 let auto = cluster_embeddings(&emb, &params).unwrap().summary;
                 let fixed =
                     cluster_embeddings(&emb, &ClusterParams { k: K::Fixed(true_k), ..params.clone() }).unwrap().summary;
@@ -112,7 +115,13 @@ fn main() {
                     .iter()
                     .map(|c| {
                         let v = |n: &str| c.scores.get(n).copied().unwrap_or(f64::NAN);
-                        format!("{}:{:.3}/{:.0}/{:.2}", c.k, v("silhouette"), v("calinski_harabasz"), v("davies_bouldin"))
+                        format!(
+                            "{}:{:.3}/{:.0}/{:.2}",
+                            c.k,
+                            v("silhouette"),
+                            v("calinski_harabasz"),
+                            v("davies_bouldin")
+                        )
                     })
                     .collect();
                 println!(

@@ -96,10 +96,10 @@ fn main() {
 /// utterances, k = 2; with the encoder caches warm (epochs after the first) and cold (every
 /// step encodes, as the first epoch does).
 fn joint(ck: &Checkpoint, examples: &[Example]) {
-    use whisper_moe::routing::joint::{JointData, JointModel, batch_loss};
-    use whisper_moe::stage::joint::JointParams;
     use whisper_moe::routing::gate::{Gate, GateConfig};
+    use whisper_moe::routing::joint::{JointData, JointModel, batch_loss};
     use whisper_moe::routing::schedule::Phase;
+    use whisper_moe::stage::joint::JointParams;
     let dev = ck.device.clone();
     let e = 6;
     let mut whisper = ck.model.clone();
@@ -135,7 +135,8 @@ fn joint(ck: &Checkpoint, examples: &[Example]) {
                     cache = EncoderCache::new(16).with_cross_kv(1024);
                 }
                 let t = Instant::now();
-                let bl = batch_loss(ck, &m, &mut cache, &data, &batch, phase, 1.0, 0.5, &p.routing, true, true).unwrap();
+                let bl =
+                    batch_loss(ck, &m, &mut cache, &data, &batch, phase, 1.0, 0.5, &p.routing, true, true).unwrap();
                 let g = GradMap::of(&m, &bl.total.backward());
                 m = opt.step(m, &g, 1e-4);
                 if r > 0 {

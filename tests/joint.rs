@@ -87,7 +87,8 @@ fn soft_phase_loss_is_the_probability_weighted_sum_of_single_expert_passes() {
     let batch = [0usize, 3, 5, 6];
     let temp = 1.7;
     let bl =
-        batch_loss(&ck, &m, &mut EncoderCache::new(16), &d, &batch, Phase::Soft, temp, 0.0, &p.routing, false, false).unwrap();
+        batch_loss(&ck, &m, &mut EncoderCache::new(16), &d, &batch, Phase::Soft, temp, 0.0, &p.routing, false, false)
+            .unwrap();
     // Reference: p = softmax(gate / T), and for every utterance and expert a separate pass.
     let emb: Vec<f32> = batch.iter().flat_map(|&i| d.embeddings[i * DIM..(i + 1) * DIM].to_vec()).collect();
     let z = m.gate.forward(Tensor::from_data(TensorData::new(emb, [batch.len(), DIM]), &dev), false);
@@ -96,8 +97,9 @@ fn soft_phase_loss_is_the_probability_weighted_sum_of_single_expert_passes() {
     for (j, &i) in batch.iter().enumerate() {
         let enc = m.whisper.encoder.forward(ck.mel_batch(&[ck.features(&d.examples[i].audio)]), None);
         for e in 0..E {
-            let l: f32 = sequence_losses(&m.whisper, enc.clone(), &[&d.examples[i].tokens], Some(&Route::all(e, 1, &dev)))
-                .into_scalar();
+            let l: f32 =
+                sequence_losses(&m.whisper, enc.clone(), &[&d.examples[i].tokens], Some(&Route::all(e, 1, &dev)))
+                    .into_scalar();
             want += probs[j * E + e] as f64 * l as f64 / batch.len() as f64;
         }
     }
@@ -137,8 +139,20 @@ fn every_expert_receives_a_gradient_in_the_soft_phase() {
     let dev = Device::flex().autodiff();
     let (ck, m, d) = setup("grads", &dev);
     let p = JointParams::default();
-    let bl = batch_loss(&ck, &m, &mut EncoderCache::new(16), &d, &[0, 1, 2, 3], Phase::Soft, 1.0, 0.0, &p.routing, true, false)
-        .unwrap();
+    let bl = batch_loss(
+        &ck,
+        &m,
+        &mut EncoderCache::new(16),
+        &d,
+        &[0, 1, 2, 3],
+        Phase::Soft,
+        1.0,
+        0.0,
+        &p.routing,
+        true,
+        false,
+    )
+    .unwrap();
     let grads = GradMap::of(&m, &bl.total.backward());
     let mut seen = 0;
     for (name, g) in &grads.0 {
@@ -244,7 +258,11 @@ fn the_temperature_follows_the_schedule_per_epoch_and_per_step() {
                     ScheduleUnit::Step => ((epoch + within / batches) / n).min(1.0),
                 };
                 let want = temperature(schedule, t0, t1, progress);
-                assert!((l.temperature - want).abs() < 1e-12, "{unit:?} {schedule:?} step {steps}: {} vs {want}", l.temperature);
+                assert!(
+                    (l.temperature - want).abs() < 1e-12,
+                    "{unit:?} {schedule:?} step {steps}: {} vs {want}",
+                    l.temperature
+                );
                 steps += 1;
             }
             assert_eq!(steps, 3 * batches as usize);

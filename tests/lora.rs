@@ -281,8 +281,10 @@ fn rows_sharing_an_utterance_equal_separate_rows() {
     randomize_b(&mut m, &dev);
     let ex = examples(&ck);
     let rows = [(0, Some(0)), (0, Some(1)), (1, Some(2)), (1, None), (0, Some(2))];
-    let shared: Vec<f32> =
-        utterance_losses(&ck, &m, &mut EncoderCache::new(10), &ex, &rows, false, false).into_data().try_into_vec_as().unwrap();
+    let shared: Vec<f32> = utterance_losses(&ck, &m, &mut EncoderCache::new(10), &ex, &rows, false, false)
+        .into_data()
+        .try_into_vec_as()
+        .unwrap();
     for (i, &(u, e)) in rows.iter().enumerate() {
         let enc = m.encoder.forward(ck.mel_batch(&[ck.features(&ex[u].audio)]), None);
         let route = Route::per_row(&[e], &dev);

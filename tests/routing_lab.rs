@@ -91,8 +91,7 @@ fn balance_loss_makes_experts_specialise() {
 #[test]
 fn biased_cold_gate_without_balance_collapses() {
     let data = LabData::new(&DataConfig::default());
-    let cfg =
-        LabConfig { name: "collapse".into(), temperature: 0.1, gate_bias: Some((0, 10.0)), ..LabConfig::topk() };
+    let cfg = LabConfig { name: "collapse".into(), temperature: 0.1, gate_bias: Some((0, 10.0)), ..LabConfig::topk() };
     assert_eq!(cfg.balance, Balance::None);
     let r = run(&cfg, &data);
     eprint!("{}", table(std::slice::from_ref(&r)));

@@ -17,11 +17,11 @@ use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use columns::*;
-pub use grouping::Grouping;
 pub use dataset::{
     CHECKPOINT_HASH, DatasetWriter, PARAMS_HASH, PRODUCER, Shard, read_dataset, read_metadata, standard_metadata,
     write_dataset,
 };
+pub use grouping::Grouping;
 
 /// Read a dataset and convert it, naming the path in any error.
 fn read_typed<T>(

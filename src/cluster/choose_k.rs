@@ -128,7 +128,13 @@ impl KSelection {
 pub fn fit(x: ArrayView2<f32>, p: &ClusterParams, k: usize) -> Result<Raw> {
     match p.algorithm {
         Algorithm::Kmeans => {
-            let cfg = kmeans::KMeansConfig { k, n_runs: p.n_runs, max_iter: p.max_iter, tolerance: p.tolerance, seed: p.seed };
+            let cfg = kmeans::KMeansConfig {
+                k,
+                n_runs: p.n_runs,
+                max_iter: p.max_iter,
+                tolerance: p.tolerance,
+                seed: p.seed,
+            };
             algorithms::run_kmeans(x, &cfg, p.kmeans_impl, p.kmeans_temperature)
         }
         Algorithm::Gmm => algorithms::run_gmm(x, k, p.seed, p.n_runs, p.max_iter, &p.gmm),
@@ -173,7 +179,10 @@ pub fn choose(x: ArrayView2<f32>, p: &ClusterParams, range: [usize; 2]) -> Resul
         } else {
             let labels: Vec<i32> = raw.labels.iter().map(|l| l.map(|v| v as i32).unwrap_or(-1)).collect();
             let nan = f64::NAN;
-            scores.insert("silhouette".into(), metrics::silhouette(x, &labels, p.silhouette_sample, p.seed).unwrap_or(nan));
+            scores.insert(
+                "silhouette".into(),
+                metrics::silhouette(x, &labels, p.silhouette_sample, p.seed).unwrap_or(nan),
+            );
             scores.insert("calinski_harabasz".into(), metrics::calinski_harabasz(x, &labels).unwrap_or(nan));
             scores.insert("davies_bouldin".into(), metrics::davies_bouldin(x, &labels).unwrap_or(nan));
         }
@@ -273,7 +282,8 @@ mod tests {
             x[[i, 0]] = cx + 0.3 * crate::cluster::tests::normal(&mut rng);
             x[[i, 1]] = cy + 0.3 * crate::cluster::tests::normal(&mut rng);
         }
-        let p = ClusterParams { n_runs: 3, scaling: Scaling::None, silhouette_tolerance: 0.0, ..ClusterParams::default() };
+        let p =
+            ClusterParams { n_runs: 3, scaling: Scaling::None, silhouette_tolerance: 0.0, ..ClusterParams::default() };
         let (_, sel) = choose(x.view(), &p, [2, 4]).unwrap();
         assert_eq!(sel.chosen, 2, "{sel:?}");
         let s = sel.scores();

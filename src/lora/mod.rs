@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 
 pub use layer::{MultiLora, Route};
 
-
 /// `target_modules` as PEFT takes it: a list of names, or one regex.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -163,7 +163,8 @@ impl Mixture {
 
     /// Route and transcribe 16-kHz clips.
     pub fn transcribe(&self, clips: &[Vec<f32>], opts: &EvalConfig) -> Result<Vec<Routed>> {
-        let exs: Vec<Example> = clips.iter().enumerate().map(|(i, c)| Example::clip(i.to_string(), c.clone())).collect();
+        let exs: Vec<Example> =
+            clips.iter().enumerate().map(|(i, c)| Example::clip(i.to_string(), c.clone())).collect();
         let refs: Vec<&Example> = exs.iter().collect();
         self.transcribe_examples(&refs, opts, None)
     }

@@ -9,8 +9,8 @@ use burn::prelude::*;
 use crate::eval::EvalConfig;
 use crate::lora::Route;
 use crate::train::{EncoderCache, Example};
-use crate::whisper::model::Whisper;
 use crate::whisper::decode::{Decoded, generate};
+use crate::whisper::model::Whisper;
 use crate::whisper::{Checkpoint, Task};
 
 /// Encoder states [n, 1500, d] of `examples`, row i through expert `experts[i]` when adapters
@@ -80,8 +80,16 @@ pub fn decode(
         let sub_route = route.as_ref().map(|r| r.select(idx.clone()));
         let sub_limits: Vec<usize> = failing.iter().map(|&i| limits[i]).collect();
         let sub_seeds: Vec<u64> = failing.iter().map(|&i| seeds[i] ^ t.to_bits()).collect();
-        let again =
-            generate(model, enc.clone().select(0, idx), &prompt, &gopts, sub_route.as_ref(), &sub_limits, t, &sub_seeds);
+        let again = generate(
+            model,
+            enc.clone().select(0, idx),
+            &prompt,
+            &gopts,
+            sub_route.as_ref(),
+            &sub_limits,
+            t,
+            &sub_seeds,
+        );
         for (d, &i) in again.into_iter().zip(&failing) {
             texts[i] = text(&d)?;
             out[i] = d;

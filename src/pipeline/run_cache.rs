@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 
 use super::hash::{HashCache, hash_str};
 use super::lock::StageLock;
-use super::manifest::{Manifest, Stage};
 use super::manifest::replace_path_token;
+use super::manifest::{Manifest, Stage};
 
 /// The key of a run: everything a stage's result may depend on, nothing it produced.
 pub fn key(entry: &StageLock) -> String {

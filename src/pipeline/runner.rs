@@ -501,7 +501,6 @@ fn rel(m: &Manifest, p: &Path) -> String {
     p.strip_prefix(&m.root).unwrap_or(p).display().to_string()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,7 +35,12 @@ impl Centroids {
             .iter()
             .zip(&clusters.cluster)
             .filter(|(_, c)| **c >= 0)
-            .map(|(id, &c)| Ok((*row_of.get(id.as_str()).with_context(|| format!("clustered `{id}` has no embedding"))?, c as usize)))
+            .map(|(id, &c)| {
+                Ok((
+                    *row_of.get(id.as_str()).with_context(|| format!("clustered `{id}` has no embedding"))?,
+                    c as usize,
+                ))
+            })
             .collect::<Result<_>>()?;
         if members.is_empty() {
             bail!("no clustered utterance to place centroids");

@@ -13,10 +13,10 @@ use super::curriculum::{NoiseConfig, gate_probs, noise, route, row_weights};
 use super::gate::Gate;
 use super::schedule::{Phase, Schedule, ScheduleUnit, progress, temperature};
 use super::stats::{RoutingStats, routing_stats};
-use anyhow::Result;
 use crate::train::{EncoderCache, Example, utterance_losses};
 use crate::whisper::Checkpoint;
 use crate::whisper::model::Whisper;
+use anyhow::Result;
 
 crate::params! {
     /// The routing curriculum's parameters (names and defaults of the source guide).
@@ -51,7 +51,10 @@ impl RoutingParams {
     /// schedule's progress there.
     pub fn temperature_at(&self, epoch: usize, batch: usize, batches: usize) -> (f64, f64) {
         let prog = progress(self.temperature_unit, epoch, batch, batches, self.topk_routing_epochs);
-        (temperature(self.temperature_schedule, self.routing_temperature_start, self.routing_temperature_end, prog), prog)
+        (
+            temperature(self.temperature_schedule, self.routing_temperature_start, self.routing_temperature_end, prog),
+            prog,
+        )
     }
 
     /// The temperature after `epochs` epochs: what inference uses.
@@ -223,4 +226,3 @@ fn mean_vec(rows: &[&LogRow], f: impl Fn(&LogRow) -> &Vec<f64>) -> Vec<f64> {
     let len = rows.first().map(|r| f(r).len()).unwrap_or(0);
     (0..len).map(|i| rows.iter().map(|r| f(r)[i]).sum::<f64>() / n).collect()
 }
-

@@ -13,11 +13,10 @@ use serde::{Deserialize, Serialize};
 use super::Stage;
 use super::experts::{AdapterTask, ExpertsManifest, ExpertsParams};
 use super::joint::JointSummary;
-use crate::artifacts::table::Table;
 use crate::artifacts::standard_metadata;
+use crate::artifacts::table::Table;
 use crate::dataset::Dataset;
 use crate::train::{Example, Row, examples_from_dataset, train};
-
 
 /// Inputs and outputs of stage dense.
 #[derive(clap::Args, Debug, Clone)]
@@ -111,12 +110,8 @@ impl Stage for Dense {
         if cfg.patience.is_some() {
             task.record_base(&model)?;
         }
-        let fingerprint = crate::util::hash_str(&format!(
-            "dense|{}|{}|{budget}|{:?}",
-            serde_json::to_string(p)?,
-            ck.hash,
-            rows
-        ));
+        let fingerprint =
+            crate::util::hash_str(&format!("dense|{}|{}|{budget}|{:?}", serde_json::to_string(p)?, ck.hash, rows));
         let ckpt = paths.out.join("checkpoint");
         let trained = train(model, &mut task, &cfg.loop_config(), &ckpt, &fingerprint)?;
         let model = trained.best.unwrap_or(trained.model);

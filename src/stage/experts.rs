@@ -27,8 +27,8 @@ use crate::train::{
     EncoderCache, EpochInfo, Example, Row, StepInfo, TrainConfig, TrainTask, examples_from_dataset, train,
     weighted_loss,
 };
-use crate::whisper::model::Whisper;
 use crate::whisper::Checkpoint;
+use crate::whisper::model::Whisper;
 
 crate::params! {
     /// Parameters of the experts stage (and of the dense baseline, which trains the same way).
@@ -168,7 +168,13 @@ impl Stage for Experts {
         let trained = train(model, &mut task, &p.train.loop_config(), &ckpt, &fingerprint)?;
         let model = trained.best.unwrap_or(trained.model);
         for e in 0..k {
-            crate::whisper::peft::save_expert(&model, e, &p.lora, &paths.base.model, &paths.out.join(format!("expert_{e}")))?;
+            crate::whisper::peft::save_expert(
+                &model,
+                e,
+                &p.lora,
+                &paths.base.model,
+                &paths.out.join(format!("expert_{e}")),
+            )?;
         }
         let mut meta = standard_metadata("experts", Some(&ck.hash));
         meta.insert("experts".into(), k.to_string());
@@ -220,7 +226,11 @@ impl ExpertData {
             .iter()
             .flat_map(|&(r, id)| {
                 let ex = index[id];
-                g.experts_of(r, p.assign_top_k).into_iter().map(move |e| Row { example: ex, expert: Some(e), weight: 1.0 })
+                g.experts_of(r, p.assign_top_k).into_iter().map(move |e| Row {
+                    example: ex,
+                    expert: Some(e),
+                    weight: 1.0,
+                })
             })
             .collect();
         let val: Vec<(usize, Option<usize>)> =
@@ -302,7 +312,12 @@ impl<'a> AdapterTask<'a> {
     }
 
     /// Per-expert val loss and WER of `model` (an inference copy is made).
-    pub fn validate(&mut self, model: &Whisper, val: &[(usize, Option<usize>)], eval: &EvalConfig) -> Result<(Vec<Option<f64>>, Vec<Option<Score>>)> {
+    pub fn validate(
+        &mut self,
+        model: &Whisper,
+        val: &[(usize, Option<usize>)],
+        eval: &EvalConfig,
+    ) -> Result<(Vec<Option<f64>>, Vec<Option<Score>>)> {
         evaluate_experts(self.ck, &model.valid(), &mut self.cache, self.examples, val, self.experts, eval)
     }
 

@@ -80,7 +80,11 @@ impl Stage for GateStage {
         if let Some(k) = cmeta.get(crate::cluster::EXPERTS)
             && k.parse::<usize>().ok() != Some(cl.k)
         {
-            bail!("{}: metadata says {k} experts but the probabilities have {} columns", paths.clusters.display(), cl.k);
+            bail!(
+                "{}: metadata says {k} experts but the probabilities have {} columns",
+                paths.clusters.display(),
+                cl.k
+            );
         }
         let data = GateData::join(&emb, &cl, &sp)?;
         let device = crate::whisper::device(&p.device)?;

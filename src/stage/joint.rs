@@ -171,7 +171,13 @@ fn joint_model(
 }
 
 /// The joint_train and val utterances with their embeddings.
-fn joint_data(ck: &Checkpoint, g: &Grouping, emb: &Embeddings, paths: &JointPaths, p: &JointParams) -> Result<JointData> {
+fn joint_data(
+    ck: &Checkpoint,
+    g: &Grouping,
+    emb: &Embeddings,
+    paths: &JointPaths,
+    p: &JointParams,
+) -> Result<JointData> {
     let train_ids = g.split("joint_train");
     let val_ids = g.split("val");
     if train_ids.is_empty() {
@@ -234,7 +240,8 @@ impl<'a> JointTask<'a> {
         let mut loss = 0.0;
         let mut probs = Vec::new();
         for chunk in idx.chunks(p.eval.batch_size.max(1)) {
-            let bl = batch_loss(self.ck, &v, &mut self.cache, d, chunk, phase, temperature, 1.0, &p.routing, false, false)?;
+            let bl =
+                batch_loss(self.ck, &v, &mut self.cache, d, chunk, phase, temperature, 1.0, &p.routing, false, false)?;
             loss += bl.main * chunk.len() as f64;
             probs.extend(router.route(d.emb(chunk, &self.ck.device.clone().inner()))?.probs);
         }
@@ -259,7 +266,8 @@ impl TrainTask<JointModel> for JointTask<'_> {
         let r = &self.p.routing;
         let phase = r.phase(at.epoch);
         let (temp, prog) = r.temperature_at(at.epoch, at.batch, at.batches);
-        let bl = batch_loss(self.ck, m, &mut self.cache, self.data, batch, phase, temp, prog, r, true, self.p.train.pack)?;
+        let bl =
+            batch_loss(self.ck, m, &mut self.cache, self.data, batch, phase, temp, prog, r, true, self.p.train.pack)?;
         let row = LogRow {
             kind: "step".into(),
             epoch: at.epoch + 1,
@@ -354,7 +362,13 @@ fn write_outputs(
     let k = experts.experts;
     let mix = paths.out.join("mixture");
     for e in 0..k {
-        crate::whisper::peft::save_expert(&m.whisper, e, &experts.lora, &paths.base.model, &mix.join(format!("expert_{e}")))?;
+        crate::whisper::peft::save_expert(
+            &m.whisper,
+            e,
+            &experts.lora,
+            &paths.base.model,
+            &mix.join(format!("expert_{e}")),
+        )?;
     }
     let mut gmeta = BTreeMap::new();
     gmeta.insert(CHECKPOINT_HASH.to_string(), ck.hash.clone());
@@ -381,7 +395,8 @@ fn write_outputs(
     log_table(&epochs)?.write(&paths.out.join("log_epochs"), &meta)?;
     let d = task.data;
     if !d.val.is_empty() {
-        routing_table(d, &task.state.val_probs, k, p.routing.top_k_experts)?.write(&paths.out.join("routing"), &meta)?;
+        routing_table(d, &task.state.val_probs, k, p.routing.top_k_experts)?
+            .write(&paths.out.join("routing"), &meta)?;
     }
     let last = epochs.last();
     let summary = JointSummary {
@@ -444,4 +459,3 @@ pub fn log_table(rows: &[LogRow]) -> Result<Table> {
     }
     Ok(t)
 }
-

@@ -140,8 +140,10 @@ mod tests {
 
     #[test]
     fn only_parameter_flags_are_taken_from_a_command_line() {
-        let a: Vec<String> =
-            ["stage-x", "--out", "o", "--set", "k=2", "--params=p.yaml", "--set=name=z"].iter().map(|s| s.to_string()).collect();
+        let a: Vec<String> = ["stage-x", "--out", "o", "--set", "k=2", "--params=p.yaml", "--set=name=z"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let p = ParamArgs::from_args(&a).unwrap();
         assert_eq!(p.set, ["k=2", "name=z"]);
         assert_eq!(p.params, Some(PathBuf::from("p.yaml")));

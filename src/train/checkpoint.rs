@@ -97,4 +97,3 @@ pub fn load_trainables<M: Module>(module: M, path: &Path) -> Result<M> {
     }
     Ok(module)
 }
-

@@ -115,7 +115,11 @@ impl EncoderCache {
         let key = |e: &Example| (upto, e.id.clone());
         let missing: Vec<&Example> = {
             let mut seen = std::collections::HashSet::new();
-            examples.iter().filter(|e| !self.states.contains_key(&key(e)) && seen.insert(e.id.clone())).copied().collect()
+            examples
+                .iter()
+                .filter(|e| !self.states.contains_key(&key(e)) && seen.insert(e.id.clone()))
+                .copied()
+                .collect()
         };
         let mut fresh: HashMap<(usize, String), Tensor<2>> = HashMap::new();
         if !missing.is_empty() {

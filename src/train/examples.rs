@@ -73,4 +73,3 @@ pub fn examples_from_dataset(
     }
     Ok(map)
 }
-

@@ -8,8 +8,8 @@ use burn::tensor::activation::log_softmax;
 
 use super::encoder_cache::EncoderCache;
 use super::examples::Example;
-use crate::lora::Route;
 use crate::audio::mel::N_SAMPLES;
+use crate::lora::Route;
 use crate::whisper::Checkpoint;
 use crate::whisper::model::{KvCache, Whisper};
 
@@ -133,7 +133,6 @@ pub fn weighted_loss(
     ((losses.clone() * w).sum() / utterances.max(1) as f32, losses)
 }
 
-
 /// Rows packed into shared 30-s windows: the utterances of rows with the same expert are
 /// concatenated (audio one after the other, transcripts joined behind one prompt), as
 /// Whisper's own training windows hold several utterances, so the encoder runs once per
@@ -149,7 +148,12 @@ pub struct Window {
 
 /// Pack `rows` (example, expert) greedily in order of appearance per expert: a window takes
 /// rows while its audio fits 30 s and its decoder sequence the model's positions.
-pub fn pack(examples: &[Example], rows: &[(usize, Option<usize>)], prompt_len: usize, max_positions: usize) -> Vec<Window> {
+pub fn pack(
+    examples: &[Example],
+    rows: &[(usize, Option<usize>)],
+    prompt_len: usize,
+    max_positions: usize,
+) -> Vec<Window> {
     let mut experts: Vec<Option<usize>> = Vec::new();
     for r in rows {
         if !experts.contains(&r.1) {

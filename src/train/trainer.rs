@@ -184,7 +184,8 @@ where
             best = Some(load_trainables(b, &dir.best())?);
         }
         opt = AdamW::load(&dir.optimizer(), &device.clone().inner())?;
-        task.restore(exact_floats::decode(s.task)).with_context(|| format!("restoring the training state in {}", dir.0.display()))?;
+        task.restore(exact_floats::decode(s.task))
+            .with_context(|| format!("restoring the training state in {}", dir.0.display()))?;
         start = s.epoch;
         stopped_early = s.stopped_early;
         eprintln!("resuming from the checkpoint after epoch {start} ({})", dir.0.display());
@@ -334,7 +335,10 @@ mod exact_floats {
             let text = serde_json::to_string(&super::encode(v.clone())).unwrap();
             let back = super::decode(serde_json::from_str(&text).unwrap());
             let got: Vec<f64> = back["a"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-            assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), xs.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                xs.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
             assert_eq!(back["n"], 3);
             assert_eq!(back["o"]["t"].as_f64().unwrap().to_bits(), 0.30000000000000004f64.to_bits());
         }

@@ -89,7 +89,6 @@ impl Whisper {
     }
 }
 
-
 impl Whisper {
     /// Expert `e`'s adapters set to those of `from` (a model with the same adapters): how a
     /// training run keeps each expert's best epoch.

@@ -80,8 +80,9 @@ pub fn generate(
     let [b, _, _] = enc.dims();
     let vocab = model.config.vocab_size;
     let room = model.config.max_target_positions.saturating_sub(prompt.len());
-    let limit: Vec<usize> =
-        (0..b).map(|i| limits.get(i).copied().unwrap_or(opts.max_new_tokens).min(opts.max_new_tokens).min(room)).collect();
+    let limit: Vec<usize> = (0..b)
+        .map(|i| limits.get(i).copied().unwrap_or(opts.max_new_tokens).min(opts.max_new_tokens).min(room))
+        .collect();
     let steps = limit.iter().copied().max().unwrap_or(0);
     let always = suppress_mask(&opts.suppress_tokens, vocab, &device);
     let mut first: Vec<u32> = opts.suppress_tokens.clone();
@@ -124,7 +125,8 @@ pub fn generate(
                 done[i] = row.tokens >= limit[i];
             }
         }
-        let feed: Vec<i64> = next.iter().zip(&done).map(|(&t, &d)| if d { opts.eot as i64 } else { t as i64 }).collect();
+        let feed: Vec<i64> =
+            next.iter().zip(&done).map(|(&t, &d)| if d { opts.eot as i64 } else { t as i64 }).collect();
         tokens = Tensor::from_data(TensorData::new(feed, [b, 1]), &device);
     }
     out

@@ -26,8 +26,7 @@ pub fn shared_problem() -> Option<String> {
     let root = PathBuf::from(p);
     let missing: Vec<String> =
         SHARED_FILES.iter().filter(|f| !root.join(f).is_file()).map(|f| root.join(f).display().to_string()).collect();
-    (!missing.is_empty())
-        .then(|| format!("WHISPER_MOE_SHARED={} lacks {}", root.display(), missing.join(", ")))
+    (!missing.is_empty()).then(|| format!("WHISPER_MOE_SHARED={} lacks {}", root.display(), missing.join(", ")))
 }
 
 /// ../shared (fixtures and checkpoint), from WHISPER_MOE_SHARED. Under CI a missing or

@@ -203,4 +203,3 @@ pub fn result_table(results: &[(String, String, Score)]) -> String {
     }
     s
 }
-

@@ -158,10 +158,8 @@ fn k_plot(figs: &mut Figures, clusters: &Path) {
     else {
         return;
     };
-    let points: Vec<(f64, f64)> = curve
-        .iter()
-        .filter_map(|c| Some((c["k"].as_f64()?, c["scores"][criterion].as_f64()?)))
-        .collect();
+    let points: Vec<(f64, f64)> =
+        curve.iter().filter_map(|c| Some((c["k"].as_f64()?, c["scores"][criterion].as_f64()?))).collect();
     let picked: Vec<(f64, f64)> = points.iter().copied().filter(|(k, _)| *k == chosen as f64).collect();
     figs.add(
         plots::line_chart(

@@ -85,10 +85,18 @@ impl Inputs {
     fn add_splits(&mut self, g: &Grouping, emb: &Embeddings, dataset: &Path, p: &EvaluateParams) -> Result<()> {
         let columns = group_columns(p);
         let row_of: HashMap<&str, usize> = emb.ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
-        let cluster_of: HashMap<&str, usize> =
-            g.clusters.ids.iter().map(String::as_str).zip(g.clusters.cluster.iter().map(|&c| c.max(0) as usize)).collect();
-        let split_ids: Vec<(String, Vec<String>)> =
-            p.splits.iter().map(|s| (s.clone(), g.split(s).into_iter().map(|(_, id)| id.to_string()).collect())).collect();
+        let cluster_of: HashMap<&str, usize> = g
+            .clusters
+            .ids
+            .iter()
+            .map(String::as_str)
+            .zip(g.clusters.cluster.iter().map(|&c| c.max(0) as usize))
+            .collect();
+        let split_ids: Vec<(String, Vec<String>)> = p
+            .splits
+            .iter()
+            .map(|s| (s.clone(), g.split(s).into_iter().map(|(_, id)| id.to_string()).collect()))
+            .collect();
         let wanted: HashSet<String> = split_ids.iter().flat_map(|(_, v)| v.iter().cloned()).collect();
         let ds = Dataset::open(dataset, &p.columns)?;
         let mut by_id = examples_from_dataset(self.ck(), &ds, &wanted, true, p.language.as_deref())?;
@@ -212,7 +220,9 @@ pub fn transcribe_sets(inp: &Inputs, p: &EvaluateParams) -> Result<(Vec<Run>, Ro
                     }
                     routed.into_iter().map(|r| (Some(r.expert), r.text)).unzip()
                 }
-                "oracle" => (oracle.clone(), transcribe(ck, &inp.mixture.model, &exs, &oracle, &p.eval, Some(&mut cache))?),
+                "oracle" => {
+                    (oracle.clone(), transcribe(ck, &inp.mixture.model, &exs, &oracle, &p.eval, Some(&mut cache))?)
+                }
                 _ => {
                     let one = vec![Some(0); exs.len()];
                     (one.clone(), transcribe(ck, &inp.dense, &exs, &one, &p.eval, Some(&mut cache))?)

@@ -63,7 +63,8 @@ impl Inputs {
         }
         let mut dense = ck.model.clone();
         crate::whisper::peft::load_experts(&mut dense, &[paths.dense.join("adapter")], &dev)?;
-        let centroids = Centroids::fit(&emb, &g.clusters)?;
+        // The joint stage saved the centres it fitted on these clusters; older mixtures lack them.
+        let centroids = Centroids::load(&mix_dir).or_else(|_| Centroids::fit(&emb, &g.clusters))?;
         let mut inp = Inputs {
             dense,
             experts: g.experts(),

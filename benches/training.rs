@@ -1,9 +1,11 @@
-//! Training throughput on CPU with whisper-tiny.en and decoder LoRA (r 16 on q_proj/v_proj):
+//! Training throughput on CPU with whisper-tiny.en and LoRA r 16 (default on the decoder's
+//! q_proj/v_proj; `LORA_TARGETS` sets the regex, e.g. the demo's encoder + decoder targets):
 //! samples (utterance x expert rows) per second for one expert, and for four experts in one
 //! batched step, with the time split into forward, backward and optimizer; peak RSS.
 //! The encoder runs once per utterance and is shared (cached), as in the stages.
 //!
 //!   WHISPER_MOE_SHARED=../shared cargo bench --bench training
+//!   LORA_TARGETS='.*(encoder\.layers\.3|decoder).*\.(q_proj|v_proj)' WHISPER_MOE_SHARED=../shared cargo bench --bench training
 
 use std::time::Instant;
 
@@ -88,14 +90,15 @@ fn main() {
             o / reps as f64
         );
     }
-    joint(&ck, &examples);
+    joint(&ck, &examples, &targets);
     println!("peak RSS {:.0} MB", whisper_moe::util::peak_rss_mb());
 }
 
 /// Joint training steps per phase: 6 experts, a gate MLP 384 -> 256 -> 6, batch of 4
 /// utterances, k = 2; with the encoder caches warm (epochs after the first) and cold (every
 /// step encodes, as the first epoch does).
-fn joint(ck: &Checkpoint, examples: &[Example]) {
+/// With encoder adapters, also with them frozen (the joint stage's `freeze_encoder_adapters`).
+fn joint(ck: &Checkpoint, examples: &[Example], targets: &str) {
     use whisper_moe::routing::gate::{Gate, GateConfig};
     use whisper_moe::routing::joint::{JointData, JointModel, batch_loss};
     use whisper_moe::routing::schedule::Phase;
@@ -104,9 +107,9 @@ fn joint(ck: &Checkpoint, examples: &[Example]) {
     let e = 6;
     let mut whisper = ck.model.clone();
     dev.seed(2);
-    let cfg =
-        LoraConfig { target_modules: Targets::Regex(r".*decoder.*\.(q_proj|v_proj)".into()), ..LoraConfig::default() };
+    let cfg = LoraConfig { target_modules: Targets::Regex(targets.into()), ..LoraConfig::default() };
     whisper.attach_lora(&cfg, e, &dev).unwrap();
+    let freezes: &[bool] = if whisper.encoder_has_adapters() { &[false, true] } else { &[false] };
     let d = ck.config.d_model;
     let gate = Gate::new(
         &GateConfig { input_dim: d, hidden: vec![256], experts: e, activation: "gelu".into(), dropout: 0.1 },
@@ -126,30 +129,34 @@ fn joint(ck: &Checkpoint, examples: &[Example]) {
     let mut opt = AdamW::new(AdamWConfig::default());
     let batch: Vec<usize> = (0..4).collect();
     for (phase, name) in [(Phase::Soft, "soft"), (Phase::TopkSoft, "topk_soft"), (Phase::TopkHard, "topk_hard")] {
-        for warm in [true, false] {
-            let mut cache = EncoderCache::new(16).with_cross_kv(1024);
-            let reps = 3;
-            let mut secs = 0.0;
-            for r in 0..reps + 1 {
-                if !warm {
-                    cache = EncoderCache::new(16).with_cross_kv(1024);
+        for &frozen in freezes {
+            for warm in [true, false] {
+                let fresh = || EncoderCache::new(64).with_cross_kv(1024).with_frozen_encoder_adapters(frozen);
+                let mut cache = fresh();
+                let reps = 3;
+                let mut secs = 0.0;
+                for r in 0..reps + 1 {
+                    if !warm {
+                        cache = fresh();
+                    }
+                    let t = Instant::now();
+                    let bl = batch_loss(ck, &m, &mut cache, &data, &batch, phase, 1.0, 0.5, &p.routing, true, false)
+                        .unwrap();
+                    let g = GradMap::of(&m, &bl.total.backward());
+                    m = opt.step(m, &g, 1e-4);
+                    if r > 0 {
+                        secs += t.elapsed().as_secs_f64();
+                    }
                 }
-                let t = Instant::now();
-                let bl =
-                    batch_loss(ck, &m, &mut cache, &data, &batch, phase, 1.0, 0.5, &p.routing, true, true).unwrap();
-                let g = GradMap::of(&m, &bl.total.backward());
-                m = opt.step(m, &g, 1e-4);
-                if r > 0 {
-                    secs += t.elapsed().as_secs_f64();
-                }
+                let step = secs / reps as f64;
+                println!(
+                    "joint {name:<9} ({}{}): {:.2} s per step of 4 utterances = {:.2} utterances/s",
+                    if warm { "encoder cached" } else { "encoder in the step, as in a first epoch" },
+                    if frozen { ", encoder adapters frozen" } else { "" },
+                    step,
+                    4.0 / step
+                );
             }
-            let step = secs / reps as f64;
-            println!(
-                "joint {name:<9} ({}): {:.2} s per step of 4 utterances = {:.2} utterances/s",
-                if warm { "encoder cached" } else { "encoder in the step" },
-                step,
-                4.0 / step
-            );
         }
     }
 }

@@ -5,7 +5,9 @@ top-k rank; AdamW over adapters and gate. Batch of 4 utterances, k = 2, fp32 on 
 threads as `cargo bench --bench training`. Prints utterances per second per phase.
 
     .venv-hf/bin/python scripts/bench_recipe_joint.py ../shared/models/whisper-tiny.en [threads]
+    LORA_TARGETS='.*(encoder\.layers\.3|decoder).*\.(q_proj|v_proj)' .venv-hf/bin/python scripts/bench_recipe_joint.py ...
 """
+import os
 import sys
 import time
 
@@ -23,7 +25,9 @@ base = WhisperForConditionalGeneration.from_pretrained(model_dir, torch_dtype=to
 embedding_model = WhisperForConditionalGeneration.from_pretrained(model_dir, torch_dtype=torch.float32).model.eval()
 fe = WhisperFeatureExtractor.from_pretrained(model_dir)
 tok = WhisperTokenizer.from_pretrained(model_dir)
-cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=r".*decoder.*\.(q_proj|v_proj)")
+# LORA_TARGETS: the same regex as `cargo bench --bench training` (default: decoder q/v).
+targets = os.environ.get("LORA_TARGETS", r".*decoder.*\.(q_proj|v_proj)")
+cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets)
 model = get_peft_model(base, cfg, adapter_name="expert_0")
 for e in range(1, E):
     model.add_adapter(f"expert_{e}", cfg)
@@ -68,7 +72,7 @@ def step(mode):
 
 
 model.train()
-print(f"torch {torch.__version__}, threads {threads}, {E} experts, k {K}, batch {B}")
+print(f"torch {torch.__version__}, threads {threads}, {E} experts, k {K}, batch {B}, LoRA on {targets}")
 for mode in ["soft", "topk_soft", "topk_hard"]:
     step(mode)
     reps = 2

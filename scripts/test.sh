@@ -23,6 +23,21 @@ export WHISPER_MOE_SKIPS="$(cd "$target" && pwd)/skipped-tests.txt"
 ci=false
 case "${CI:-}" in ""|0|false|FALSE|False) ;; *) ci=true ;; esac
 
+# The Slurm executor's tests need a running Slurm: under CI, install (Debian packages) and
+# start a one-node Slurm of our own (scripts/slurm_local.sh), stopped again at exit. Elsewhere
+# they use one already running (SLURM_CONF set) or are skipped loudly.
+if $ci && [ -z "${SLURM_CONF:-}" ]; then
+  if ! command -v slurmctld >/dev/null 2>&1; then
+    scripts/slurm_local.sh install || echo "warning: could not install Slurm; its tests will fail" >&2
+  fi
+  if slurm_env="$(scripts/slurm_local.sh start)"; then
+    eval "$slurm_env"
+    trap 'scripts/slurm_local.sh stop >/dev/null 2>&1 || true' EXIT
+  else
+    echo "warning: could not start a local Slurm; its tests will fail" >&2
+  fi
+fi
+
 failed=()
 cargo nextest run --release --no-fail-fast "$@" || failed+=("the Rust tests")
 if [ $# -eq 0 ]; then

@@ -303,3 +303,149 @@ fn mean_pooling_matches_transformers_encoder_mean() {
         assert!(d <= 5e-3, "{}: {d}", f.id);
     }
 }
+
+#[test]
+fn manifest_problems_are_named_and_null_transcripts_are_rejected_alone() {
+    let dir = tmp("manifests");
+    let model = tiny_model(&dir);
+    let rows = good_clips(&dir);
+    let m = model.to_str().unwrap();
+    let run = |ds: &str, out: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_stage-embed"))
+            .args(["--dataset", ds, "--model", m, "--out", out, "--rejected", &format!("{out}-rej")])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let fails_naming = |ds: &str, words: &[&str]| {
+        let (ok, err) = run(ds, &format!("out-{ds}"));
+        assert!(!ok, "{ds} must be refused");
+        for w in words {
+            assert!(err.contains(w), "{ds}: the error must name {w:?}:\n{err}");
+        }
+        assert!(!dir.join(format!("out-{ds}")).exists(), "{ds}: nothing written");
+    };
+
+    // CSV without its audio column, and without a transcript column.
+    std::fs::write(dir.join("noaudio.csv"), "path,transcription\na.wav,the cat sat\n").unwrap();
+    fails_naming("noaudio.csv", &["noaudio.csv", "no `file_name` column", "path, transcription"]);
+    std::fs::write(dir.join("notext.csv"), "file_name,words\na.wav,the cat sat\n").unwrap();
+    fails_naming("notext.csv", &["notext.csv", "no transcript column", "`transcription`", "file_name, words"]);
+    // JSONL: a malformed line, a manifest without transcripts, one without audio paths.
+    let line = |f: &str, t: serde_json::Value| serde_json::json!({"audio_filepath": f, "text": t}).to_string();
+    let good = line("a.wav", "the cat sat".into());
+    std::fs::write(dir.join("broken.jsonl"), format!("{good}\n{good}\n{{\"audio_filepath\": \"b.wav\", \"text\": \n"))
+        .unwrap();
+    fails_naming("broken.jsonl", &["broken.jsonl line 3", "not a JSON object"]);
+    std::fs::write(dir.join("notext.jsonl"), "{\"audio_filepath\": \"a.wav\", \"words\": \"x\"}\n").unwrap();
+    fails_naming("notext.jsonl", &["notext.jsonl", "no transcript column", "audio_filepath, words"]);
+    std::fs::write(dir.join("noaudio.jsonl"), "{\"file\": \"a.wav\", \"text\": \"x\"}\n").unwrap();
+    fails_naming("noaudio.jsonl", &["noaudio.jsonl", "`audio_filepath`", "file, text"]);
+
+    // A CSV of binary junk: the error names the file.
+    let junk: Vec<u8> = (0..4000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(dir.join("junk.csv"), junk).unwrap();
+    fails_naming("junk.csv", &["junk.csv"]);
+    // A transcript that is not UTF-8 and one without words: those rows only are rejected.
+    let mut csv = b"file_name,transcription\na.wav,the cat sat\nb.wav,a big \xff\xfe dog\n".to_vec();
+    csv.extend_from_slice(b"c.mp3,\"?! ...\"\nd.ogg,we go to the house\n");
+    std::fs::write(dir.join("text.csv"), csv).unwrap();
+    let (ok, err) = run("text.csv", "out-text");
+    assert!(ok, "{err}");
+    let (e, _) = Embeddings::read(&dir.join("out-text")).unwrap();
+    assert_eq!(e.ids, vec!["a.wav", "d.ogg"]);
+    let (r, _) = Rejected::read(&dir.join("out-text-rej")).unwrap();
+    assert_eq!(r.ids, vec!["b.wav", "c.mp3"]);
+    assert_eq!(r.reasons, vec!["bad_text", "no_words"]);
+    assert!(r.details[0].contains("`transcription` is not UTF-8"), "{:?}", r.details);
+
+    // A null transcript rejects that row only, in JSONL and in Parquet.
+    let texts: Vec<serde_json::Value> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| if i == 1 { serde_json::Value::Null } else { r.1.clone().into() })
+        .collect();
+    let jsonl: String = rows.iter().zip(&texts).map(|(r, t)| line(&r.0, t.clone()) + "\n").collect();
+    std::fs::write(dir.join("null.jsonl"), jsonl).unwrap();
+    let bytes: Vec<Vec<u8>> = rows.iter().map(|(f, _, _)| std::fs::read(dir.join(f)).unwrap()).collect();
+    let audio_fields =
+        Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)]);
+    let audio = StructArray::new(
+        audio_fields.clone(),
+        vec![
+            Arc::new(BinaryArray::from_iter_values(bytes.iter())) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
+        ],
+        None,
+    );
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("audio", DataType::Struct(audio_fields), true),
+        Field::new("sentence", DataType::Utf8, true),
+    ]));
+    let sentences: StringArray = texts.iter().map(|t| t.as_str()).collect();
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(audio), Arc::new(sentences)]).unwrap();
+    write_dataset(&dir.join("null-parquet"), &[batch], &Default::default()).unwrap();
+    for ds in ["null.jsonl", "null-parquet"] {
+        let out = format!("out-{ds}");
+        let (ok, err) = run(ds, &out);
+        assert!(ok, "{ds}: {err}");
+        let (e, _) = Embeddings::read(&dir.join(&out)).unwrap();
+        assert_eq!(e.ids, vec!["a.wav", "c.mp3", "d.ogg"], "{ds}: every good row is kept");
+        let (r, _) = Rejected::read(&dir.join(format!("{out}-rej"))).unwrap();
+        assert_eq!((r.ids.clone(), r.reasons.clone()), (vec!["b.wav".to_string()], vec!["no_transcript".to_string()]));
+    }
+}
+
+#[test]
+fn artifacts_of_another_checkpoint_are_refused_by_name() {
+    let dir = tmp("hash");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    whisper_moe::whisper::testing::write_checkpoint(&a, 3, &[], &[]).unwrap();
+    whisper_moe::whisper::testing::write_checkpoint(&b, 4, &[], &[]).unwrap();
+    let rows = good_clips(&dir);
+    write_csv(&dir.join("metadata.csv"), &rows);
+    let emb = dir.join("emb");
+    embed_ok(&[
+        "--dataset",
+        dir.join("metadata.csv").to_str().unwrap(),
+        "--model",
+        a.to_str().unwrap(),
+        "--out",
+        emb.to_str().unwrap(),
+        "--rejected",
+        dir.join("rej").to_str().unwrap(),
+    ]);
+    let (_, meta) = Embeddings::read(&emb).unwrap();
+    let dev = burn::prelude::Device::flex();
+    let ck_a = whisper_moe::whisper::Checkpoint::load_dir(&a, &dev).unwrap();
+    let ck_b = whisper_moe::whisper::Checkpoint::load_dir(&b, &dev).unwrap();
+    assert_ne!(ck_a.hash, ck_b.hash);
+    whisper_moe::stage::embed::check_same_checkpoint(&emb, &meta, &ck_a, "a").unwrap();
+    let err = whisper_moe::stage::embed::check_same_checkpoint(&emb, &meta, &ck_b, "b").unwrap_err().to_string();
+    assert!(
+        err.contains(emb.to_str().unwrap()) && err.contains("another checkpoint") && err.contains(&ck_b.hash),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_model_stage_refuses_a_truncated_checkpoint() {
+    let dir = tmp("truncated");
+    let model = tiny_model(&dir);
+    let fetch = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .args(["model", "fetch", model.to_str().unwrap(), "--out", dir.join(out).to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let o = fetch("good");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let w = model.join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() - 1000]).unwrap();
+    let o = fetch("bad");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not load") && err.contains("model.safetensors"), "{err}");
+}

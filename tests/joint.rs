@@ -26,6 +26,10 @@ fn tmp(name: &str) -> std::path::PathBuf {
 }
 
 fn setup(name: &str, device: &Device) -> (Checkpoint, JointModel, JointData) {
+    setup_with(name, device, r".*decoder.*\.(q_proj|v_proj)")
+}
+
+fn setup_with(name: &str, device: &Device, targets: &str) -> (Checkpoint, JointModel, JointData) {
     let dir = tmp(name);
     testing::write_checkpoint(&dir, 5, &[], &[]).unwrap();
     let ck = Checkpoint::load_dir(&dir, device).unwrap();
@@ -35,7 +39,7 @@ fn setup(name: &str, device: &Device) -> (Checkpoint, JointModel, JointData) {
         r: 4,
         alpha: 8.0,
         dropout: 0.0,
-        target_modules: Targets::Regex(r".*decoder.*\.(q_proj|v_proj)".into()),
+        target_modules: Targets::Regex(targets.into()),
         use_rslora: false,
     };
     whisper.attach_lora(&cfg, E, device).unwrap();
@@ -315,4 +319,70 @@ fn the_curriculum_runs_and_a_stopped_run_resumes_to_the_same_mixture() {
     // Byte-identical logs and val routing (what the stage writes).
     let json = |t: &common::Interrupt<JointTask>| serde_json::to_string(&t.inner.state).unwrap();
     assert_eq!(json(&resumed_task), json(&whole_task));
+}
+
+/// Encoder adapters on the last encoder layer and the decoder (the demo's targets).
+const ENC_DEC: &str = r".*(encoder\.layers\.1|decoder).*\.(q_proj|v_proj)";
+
+#[test]
+fn frozen_encoder_adapters_give_the_same_loss_and_no_encoder_gradient() {
+    let dev = Device::flex().autodiff();
+    let (ck, m, d) = setup_with("frozen", &dev, ENC_DEC);
+    assert_eq!(m.whisper.first_adapted_encoder_layer(), Some(1));
+    let p = JointParams::default();
+    let batch = [0usize, 3, 5, 6];
+    let loss = |cache: &mut EncoderCache, train: bool| {
+        batch_loss(&ck, &m, cache, &d, &batch, Phase::Soft, 1.3, 0.0, &p.routing, train, false).unwrap()
+    };
+    let plain = loss(&mut EncoderCache::new(64), false);
+    let mut frozen_cache = EncoderCache::new(64).with_frozen_encoder_adapters(true);
+    let frozen = loss(&mut frozen_cache, false);
+    // Twice through the cache: the second pass reads the stored (expert, utterance) states.
+    let again = loss(&mut frozen_cache, false);
+    eprintln!(
+        "soft loss: encoder adapters trained {} / frozen {} / frozen, cached {}",
+        plain.main, frozen.main, again.main
+    );
+    assert!((plain.main - frozen.main).abs() <= 1e-5, "{} vs {}", plain.main, frozen.main);
+    assert_eq!(frozen.main, again.main);
+
+    let grads = GradMap::of(&m, &loss(&mut frozen_cache, true).total.backward());
+    let lora = |prefix: &str| {
+        grads.0.keys().filter(|k| k.contains(prefix) && (k.ends_with(".lora.a") || k.ends_with(".lora.b"))).count()
+    };
+    assert_eq!(lora("encoder."), 0, "frozen encoder adapters got a gradient: {:?}", grads.0.keys().collect::<Vec<_>>());
+    assert!(lora("decoder.") >= 4, "the decoder adapters train: {:?}", grads.0.keys().collect::<Vec<_>>());
+    assert!(grads.0.keys().any(|k| k.starts_with("gate.")), "the gate trains");
+    // Without freezing, the encoder adapters do receive a gradient.
+    let grads = GradMap::of(&m, &loss(&mut EncoderCache::new(64), true).total.backward());
+    assert!(grads.0.keys().any(|k| k.contains("encoder.") && k.ends_with(".lora.b")));
+}
+
+#[test]
+fn joint_training_with_frozen_encoder_adapters_changes_only_the_rest() {
+    let dev = Device::flex().autodiff();
+    let (ck, m, d) = setup_with("frozen-train", &dev, ENC_DEC);
+    let mut p = params();
+    p.train.epochs = 2;
+    p.routing.topk_routing_epochs = 1;
+    p.freeze_encoder_adapters = true;
+    let mut task = JointTask::new(&ck, &d, &p);
+    let trained = train(m.clone(), &mut task, &p.train.loop_config(), &tmp("ckpt-frozen"), "fp").unwrap().model;
+    let lora_values = |m: &JointModel, part: &str| -> Vec<f32> {
+        m.whisper
+            .loras()
+            .iter()
+            .filter(|(n, _)| n.contains(part))
+            .flat_map(|(_, l)| {
+                let a: Vec<f32> = l.a.val().into_data().try_into_vec_as().unwrap();
+                let b: Vec<f32> = l.b.val().into_data().try_into_vec_as().unwrap();
+                a.into_iter().chain(b)
+            })
+            .collect()
+    };
+    let (enc0, enc1) = (lora_values(&m, ".encoder."), lora_values(&trained, ".encoder."));
+    let (dec0, dec1) = (lora_values(&m, ".decoder."), lora_values(&trained, ".decoder."));
+    assert!(!enc0.is_empty() && !dec0.is_empty());
+    assert_eq!(common::max_abs_diff(&enc0, &enc1), 0.0, "the encoder adapters must not change");
+    assert!(common::max_abs_diff(&dec0, &dec1) > 1e-4, "the decoder adapters must train");
 }

@@ -449,3 +449,82 @@ fn sweep_reports_only_what_each_variant_produced() {
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains("overlaps the out out/a"), "{}", bad.stderr);
 }
+
+/// A stage binary's parameters are checked against its schema before anything runs, by
+/// `run`, `run --dry-run` and `status`, naming the manifest line and the key; `--set` errors
+/// too, with the same exit code (2) as other manifest errors.
+#[test]
+fn stage_parameters_are_checked_before_anything_runs() {
+    let manifest = "stages:\n  first:\n    cmd: echo hi > first.txt\n    outs: [first.txt]\n  gate:\n    cmd: stage-gate --embeddings first.txt --clusters c --splits s --out g\n    deps: [first.txt]\n    params: gate\n    outs: [g]\nparams:\n  gate:\n    hidden: [8]\n    lr: 0.01\n    hiddn: [4]\n";
+    let t = Toy::new("check-params", manifest);
+    for args in [&["run", "all"][..], &["run", "all", "--dry-run"], &["status"]] {
+        let out = t.pipeline(args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        for w in ["pipeline.yaml:14:", "params.gate.hiddn", "stage `gate`", "unknown field"] {
+            assert!(out.stderr.contains(w), "{args:?}: `{w}` not in: {}", out.stderr);
+        }
+        assert!(!t.path("first.txt").exists(), "{args:?}: nothing may run");
+    }
+    // A value of the wrong type, given with --set: the key and its line.
+    let t = Toy::new("check-set", &manifest.replace("    hiddn: [4]\n", ""));
+    let out = t.pipeline(&["run", "all", "--set", "gate.lr=fast"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    for w in ["pipeline.yaml:13:", "params.gate.lr", "invalid type"] {
+        assert!(out.stderr.contains(w), "`{w}` not in: {}", out.stderr);
+    }
+    let out = t.pipeline(&["run", "all", "--set", "gate.nope=1"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("params.gate.nope") && out.stderr.contains("no such key"), "{}", out.stderr);
+    assert!(!t.path("first.txt").exists());
+    // Good parameters: the first stage runs (the gate then fails on its inputs, which is fine).
+    let out = t.pipeline(&["run", "first"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// SIGTERM to the runner alone (as `kill PID` or a batch system sends it) stops the running
+/// stage, launches nothing more, and leaves outs and lock as a failure does.
+#[test]
+fn sigterm_to_the_runner_stops_its_stages() {
+    let manifest = "stages:\n  slow:\n    cmd: sleep 60 & echo $! > sleep.pid; wait; touch slow.txt\n    outs: [slow.txt]\n  after:\n    cmd: cp slow.txt after.txt\n    deps: [slow.txt]\n    outs: [after.txt]\n";
+    let t = Toy::new("sigterm", manifest);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["run", "all"])
+        .current_dir(&t.dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (by files, not by time) until the stage's sleep runs.
+    let pid_file = t.path("sleep.pid");
+    for _ in 0..600 {
+        if fs::read_to_string(&pid_file).is_ok_and(|s| s.trim().parse::<u32>().is_ok()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sleep_pid: u32 = fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(Path::new(&format!("/proc/{sleep_pid}")).exists());
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let code = child.wait().unwrap().code();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("stopped by a signal"), "{err}");
+    // The stage's own process is gone (it may take a moment to be reaped).
+    let mut gone = false;
+    for _ in 0..200 {
+        let stat = fs::read_to_string(format!("/proc/{sleep_pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gone, "the stage's sleep {sleep_pid} survived the runner");
+    assert!(!t.path("slow.txt").exists() && !t.path("after.txt").exists());
+    let lock = fs::read_to_string(t.path("pipeline.lock")).unwrap_or_default();
+    assert!(!lock.contains("slow"), "no lock entry for a stopped stage: {lock}");
+    // The next run starts it again.
+    let out = t.pipeline(&["status"]);
+    assert!(out.stdout.contains("slow: stale"), "{}", out.stdout);
+}

@@ -81,7 +81,10 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
         .replace("      epochs: 3\n", "      epochs: 1\n")
         .replace("      epochs: 4\n", "      epochs: 3\n")
         .replace("max_new_tokens: 64", "max_new_tokens: 8")
-        .replace("min_cluster_size: 10", "min_cluster_size: 2");
+        .replace("min_cluster_size: 10", "min_cluster_size: 2")
+        // The test model has 2 encoder layers: adapt its last one, as the demo adapts tiny's.
+        .replace(r"encoder\.layers\.3", r"encoder\.layers\.1");
+    assert!(manifest.contains(r"encoder\.layers\.1") && manifest.contains("freeze_encoder_adapters: true"));
     assert!(manifest.contains("k: 3") && manifest.contains("model: tiny-model"));
     std::fs::write(dir.join("pipeline.yaml"), &manifest).unwrap();
 
@@ -114,6 +117,7 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
         assert_eq!(systems[rows], ["base", "mixture", "oracle", "dense"]);
     }
     assert!(err.contains("wall time") && err.contains("total"), "the runner prints wall times");
+    check_values(&dir, &metrics);
 
     let (_, status, _) = pipeline(&dir, &["status"]);
     assert!(status.contains("everything is up to date"), "{status}");
@@ -159,4 +163,66 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
     assert_eq!(std::fs::read(dir.join("artifacts/evaluate/metrics.json")).unwrap(), metrics_k3);
     let (_, status, _) = pipeline(&dir, &["status"]);
     assert!(status.contains("everything is up to date"), "{status}");
+}
+
+/// The numbers agree with each other: every WER in metrics.json is the (S + I + D) / N of its
+/// rows in predictions/; the oracle decodes each test/val utterance with its cluster's expert
+/// (the clusters table), the mixture's routing accuracy counts the rows whose expert is the
+/// cluster; the dense baseline took exactly the mixture's optimizer steps.
+fn check_values(dir: &Path, metrics: &serde_json::Value) {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    let pred =
+        whisper_moe::artifacts::read_dataset(&dir.join("artifacts/evaluate/predictions")).unwrap().concat().unwrap();
+    let strs = |c: &str| -> Vec<String> {
+        let a = arrow::compute::cast(pred.column_by_name(c).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+        a.as_string::<i32>().iter().map(|s| s.unwrap_or("").to_string()).collect()
+    };
+    let ints = |c: &str| -> Vec<Option<i64>> {
+        let a = arrow::compute::cast(pred.column_by_name(c).unwrap(), &arrow::datatypes::DataType::Int64).unwrap();
+        let a = a.as_primitive::<Int64Type>().clone();
+        (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect()
+    };
+    let (system, split, id) = (strs("system"), strs("split"), strs("id"));
+    let (sub, ins, del, words) = (ints("substitutions"), ints("insertions"), ints("deletions"), ints("words"));
+    let (expert, cluster) = (ints("expert"), ints("cluster"));
+    for r in metrics["results"].as_array().unwrap() {
+        let (sys, set) = (r["system"].as_str().unwrap(), r["split"].as_str().unwrap());
+        let rows: Vec<usize> = (0..system.len()).filter(|&i| system[i] == sys && split[i] == set).collect();
+        assert!(!rows.is_empty(), "{sys} on {set} has no predictions");
+        let errors: i64 = rows.iter().map(|&i| sub[i].unwrap() + ins[i].unwrap() + del[i].unwrap()).sum();
+        let n: i64 = rows.iter().map(|&i| words[i].unwrap()).sum();
+        assert_eq!(r["words"].as_i64().unwrap(), n, "{sys} {set}");
+        let wer = r["wer"].as_f64().unwrap();
+        assert!((wer - errors as f64 / n as f64).abs() < 1e-12, "{sys} {set}: {wer} vs {errors}/{n}");
+        if sys == "base" {
+            assert!(rows.iter().all(|&i| expert[i].is_none()), "the base model has no expert");
+        }
+    }
+    // The clusters table: id -> cluster, the oracle's expert on the pipeline's own splits.
+    let (clusters, _) = whisper_moe::artifacts::Clusters::read(&dir.join("artifacts/clusters/clusters")).unwrap();
+    let of: std::collections::HashMap<&str, i64> =
+        clusters.ids.iter().map(String::as_str).zip(clusters.cluster.iter().map(|&c| c as i64)).collect();
+    let oracle: Vec<usize> = (0..system.len()).filter(|&i| system[i] == "oracle" && split[i] != "heldout").collect();
+    assert!(!oracle.is_empty());
+    for &i in &oracle {
+        assert_eq!(expert[i], Some(of[id[i].as_str()]), "oracle row {} must use its cluster's expert", id[i]);
+        assert_eq!(cluster[i], Some(of[id[i].as_str()]));
+    }
+    let mix_test: Vec<usize> = (0..system.len()).filter(|&i| system[i] == "mixture" && split[i] == "test").collect();
+    let correct = mix_test.iter().filter(|&&i| expert[i] == cluster[i]).count();
+    let acc = metrics["routing_accuracy_by_set"]["test"].as_f64().unwrap();
+    assert!((acc - correct as f64 / mix_test.len() as f64).abs() < 1e-12, "routing accuracy {acc}");
+    let json = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
+    };
+    let (experts, joint, dense) = (
+        json("artifacts/experts/experts.json"),
+        json("artifacts/joint/summary.json"),
+        json("artifacts/dense/dense.json"),
+    );
+    let budget = experts["optimizer_steps"].as_u64().unwrap() + joint["optimizer_steps"].as_u64().unwrap();
+    assert!(budget > 0);
+    assert_eq!(dense["budget"].as_u64().unwrap(), budget, "{dense}");
+    assert_eq!(dense["optimizer_steps"].as_u64().unwrap(), budget, "the dense baseline spends the whole budget");
 }

@@ -121,7 +121,8 @@ impl Embeddings {
 pub struct Rejected {
     pub ids: Vec<String>,
     pub audio_paths: Vec<String>,
-    /// A short machine-friendly reason: missing, unreadable, empty, silent, too_long, no_transcript.
+    /// A short machine-friendly reason: missing, unreadable, empty, silent, too_long,
+    /// no_transcript, no_words (punctuation only), bad_text (not UTF-8).
     pub reasons: Vec<String>,
     pub details: Vec<String>,
 }

@@ -64,6 +64,14 @@ enum Cmd {
         /// Override a parameter for this run, e.g. --set cluster.k=8 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Where stages run: `local` processes or `slurm` jobs (default: the manifest's
+        /// `executor:`, else local).
+        #[arg(long)]
+        executor: Option<whisper_moe::pipeline::manifest::Executor>,
+        /// Run a stage as N shards, e.g. --shards embed=4 (over the manifest's `shards:`;
+        /// repeatable). Under Slurm a sharded stage is one job array.
+        #[arg(long = "shards", value_name = "STAGE=N")]
+        shards: Vec<String>,
     },
     /// Run the pipeline once per combination of --set values, then with the manifest's own
     /// parameters; each variant's outs go to OUT/VARIANT/ and a table compares their metrics.
@@ -230,21 +238,44 @@ fn parse_vars(vars: &[String]) -> Result<Vec<(String, String)>> {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     let load = || -> Result<Manifest> { Ok(Manifest::load(&cli.file, &parse_vars(&cli.vars)?)?) };
     match cli.cmd {
-        Cmd::Run { stages, force, dry_run, jobs, keep_going, no_run_cache, sets } => {
+        Cmd::Run { stages, force, dry_run, jobs, keep_going, no_run_cache, sets, executor, shards } => {
             let mut m = load()?;
             for kv in &sets {
                 let Some((k, v)) = kv.split_once('=') else { anyhow::bail!("--set `{kv}` is not KEY=VALUE") };
                 m.set_param(k.trim(), v)?;
             }
             let targets: Vec<String> = stages.into_iter().filter(|s| s != "all").collect();
-            let opts = RunOptions { targets, force, dry_run, jobs, keep_going, no_run_cache };
+            let mut shard_counts = Vec::new();
+            for s in &shards {
+                let parsed =
+                    s.split_once('=').and_then(|(k, n)| Some((k.trim().to_string(), n.trim().parse::<usize>().ok()?)));
+                match parsed {
+                    Some((k, n)) if n >= 1 && m.stage_index(&k).is_some() => shard_counts.push((k, n)),
+                    _ => {
+                        return Err(ManifestError {
+                            file: m.file.clone(),
+                            line: None,
+                            key: "--shards".into(),
+                            message: format!("`{s}` is not STAGE=N with a stage of the manifest and N >= 1"),
+                        }
+                        .into());
+                    }
+                }
+            }
+            let opts =
+                RunOptions { targets, force, dry_run, jobs, keep_going, no_run_cache, executor, shards: shard_counts };
             let results = run(&m, &opts)?;
             print_summary(&results, dry_run);
             let failed = results.iter().any(|(_, o)| matches!(o, Outcome::Failed(_) | Outcome::Skipped(_)));
+            if whisper_moe::pipeline::runner::interrupted() {
+                eprintln!("stopped by a signal: finished stages are kept, the others resume on the next run");
+                return Ok(ExitCode::from(130));
+            }
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Cmd::Status => {
             let m = load()?;
+            whisper_moe::pipeline::check::check_params(&m, &(0..m.stages.len()).collect::<Vec<_>>())?;
             let paths = Paths::of(&m);
             let lock = Lock::load(&paths.lock)?;
             let mut cache = HashCache::open(&paths.hash_cache());

@@ -3,7 +3,7 @@
 //! audio struct of bytes and path, plus a text column). Rows stream in order; audio is read
 //! only when a row is reached, so memory is bounded by the batch, not the dataset.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +48,9 @@ pub struct Utterance {
     pub text: Option<String>,
     /// Values of the extra columns, in `Dataset::extra_columns()` order.
     pub extra: Vec<Option<String>>,
+    /// Why the row's text cannot be read (e.g. bytes that are not UTF-8): the row is rejected
+    /// as `bad_text`, the others are kept.
+    pub bad_text: Option<String>,
 }
 
 impl Utterance {
@@ -173,14 +176,23 @@ impl Dataset {
             .flexible(false)
             .from_path(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let headers: Vec<String> = rdr.headers()?.iter().map(str::to_string).collect();
+        // Byte records: a field that is not UTF-8 rejects its row (bad_text), not the dataset.
+        let headers: Vec<String> = rdr
+            .byte_headers()
+            .with_context(|| format!("{}: not a CSV file with a header row", path.display()))?
+            .iter()
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .collect();
+        if headers.iter().any(|h| h.contains('\u{FFFD}') || h.chars().any(|c| c.is_control())) {
+            bail!("{}: the header row is not text (is it a CSV file?)", path.display());
+        }
         let find = |name: &str| headers.iter().position(|h| h == name);
         let audio_col = columns.audio.clone().unwrap_or_else(|| "file_name".into());
         let audio_i = find(&audio_col).with_context(|| {
             format!("{}: no `{audio_col}` column (columns: {})", path.display(), headers.join(", "))
         })?;
-        let text_i =
-            pick_text(&headers, columns).with_context(|| format!("{}: no transcript column", path.display()))?;
+        let text_i = pick_text(&headers, columns)
+            .with_context(|| format!("{}: {}", path.display(), no_text(&headers, columns)))?;
         let id_i = pick_id(&headers, columns, path)?;
         let mut extra: Vec<(String, usize)> = headers
             .iter()
@@ -191,17 +203,33 @@ impl Dataset {
         extra.sort();
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut rows = Vec::new();
-        for (row, rec) in rdr.records().enumerate() {
+        for (row, rec) in rdr.byte_records().enumerate() {
             let rec = rec.with_context(|| format!("{} row {}: malformed CSV", path.display(), row + 2))?;
-            let get = |i: usize| rec.get(i).map(str::to_string).filter(|s| !s.is_empty());
+            let mut bad_text = None;
+            let mut get = |i: usize| -> Option<String> {
+                let b = rec.get(i)?;
+                let s = match std::str::from_utf8(b) {
+                    Ok(s) => s.to_string(),
+                    Err(e) => {
+                        let col = &headers[i];
+                        bad_text.get_or_insert(format!("column `{col}` is not UTF-8 (byte {})", e.valid_up_to()));
+                        String::from_utf8_lossy(b).into_owned()
+                    }
+                };
+                Some(s).filter(|s| !s.is_empty())
+            };
             let file = get(audio_i).unwrap_or_default();
+            let id = id_i.and_then(&mut get).unwrap_or_else(|| file.clone());
+            let text = get(text_i);
+            let extra_vals = extra.iter().map(|(_, i)| get(*i)).collect();
             rows.push(Utterance {
                 row,
-                id: id_i.and_then(get).unwrap_or_else(|| file.clone()),
+                id,
                 audio: if file.is_empty() { Audio::None } else { Audio::File(base.join(&file)) },
                 audio_path: file,
-                text: get(text_i),
-                extra: extra.iter().map(|(_, i)| get(*i)).collect(),
+                text,
+                extra: extra_vals,
+                bad_text,
             });
         }
         Ok(Dataset {
@@ -216,21 +244,37 @@ impl Dataset {
     }
 
     fn open_jsonl(path: &Path, columns: &Columns) -> Result<Dataset> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let audio_key = columns.audio.clone().unwrap_or_else(|| "audio_filepath".into());
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut objs = Vec::new();
-        for (i, line) in text.lines().enumerate() {
+        // A line that is not UTF-8 rejects its utterance (bad_text), not the manifest.
+        let mut bad_lines: HashMap<usize, String> = HashMap::new();
+        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+            let line = match std::str::from_utf8(raw) {
+                Ok(l) => std::borrow::Cow::Borrowed(l),
+                Err(e) => {
+                    bad_lines.insert(i, format!("line {} is not UTF-8 (byte {})", i + 1, e.valid_up_to()));
+                    String::from_utf8_lossy(raw)
+                }
+            };
             if line.trim().is_empty() {
                 continue;
             }
-            let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+            let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
                 .with_context(|| format!("{} line {}: not a JSON object", path.display(), i + 1))?;
             objs.push((i, v));
         }
         let keys: std::collections::BTreeSet<String> = objs.iter().flat_map(|(_, o)| o.keys().cloned()).collect();
         let keys: Vec<String> = keys.into_iter().collect();
-        let text_key = pick_text(&keys, columns).map(|i| keys[i].clone());
+        if !objs.is_empty() && !keys.contains(&audio_key) {
+            bail!("{}: no line has an `{audio_key}` key (keys: {})", path.display(), keys.join(", "));
+        }
+        let text_key = match pick_text(&keys, columns) {
+            Some(i) => Some(keys[i].clone()),
+            None if objs.is_empty() => None,
+            None => bail!("{}: {}", path.display(), no_text(&keys, columns)),
+        };
         let id_key = pick_id(&keys, columns, path)?.map(|i| keys[i].clone());
         let extra: Vec<String> = keys
             .iter()
@@ -242,7 +286,7 @@ impl Dataset {
         let rows = objs
             .into_iter()
             .enumerate()
-            .map(|(row, (_line, o))| {
+            .map(|(row, (line, o))| {
                 let s = |k: &str| o.get(k).and_then(value_string);
                 let file = s(&audio_key).unwrap_or_default();
                 let p = Path::new(&file);
@@ -259,6 +303,7 @@ impl Dataset {
                     audio_path: file,
                     text: text_key.as_deref().and_then(s).filter(|t| !t.is_empty()),
                     extra: extra.iter().map(|k| s(k)).collect(),
+                    bad_text: bad_lines.get(&line).cloned(),
                 }
             })
             .collect();
@@ -290,7 +335,8 @@ impl Dataset {
         if !names.contains(&audio_col) {
             bail!("{}: no `{audio_col}` column (columns: {})", path.display(), names.join(", "));
         }
-        let text_i = pick_text(&names, columns).with_context(|| format!("{}: no transcript column", path.display()))?;
+        let text_i =
+            pick_text(&names, columns).with_context(|| format!("{}: {}", path.display(), no_text(&names, columns)))?;
         let id_i = pick_id(&names, columns, path)?;
         let mut extra: Vec<String> = names
             .iter()
@@ -391,6 +437,7 @@ impl Dataset {
                     audio,
                     text: text[i].clone().filter(|t| !t.is_empty()),
                     extra: extra.iter().map(|c| c[i].clone()).collect(),
+                    bad_text: None,
                 }
             })
             .collect())
@@ -453,6 +500,15 @@ impl Iterator for ParquetRows<'_> {
             }
         }
     }
+}
+
+/// The error when no transcript column is found: what was looked for and what is there.
+fn no_text(names: &[String], columns: &Columns) -> String {
+    let wanted = match &columns.text {
+        Some(t) => format!("`{t}`"),
+        None => TEXT_COLUMNS.map(|t| format!("`{t}`")).join(", "),
+    };
+    format!("no transcript column ({wanted}; columns: {}); name it with the stage's `columns.text`", names.join(", "))
 }
 
 fn pick_text(names: &[String], columns: &Columns) -> Option<usize> {

@@ -21,9 +21,13 @@ pub fn encode(
     model: &Whisper,
     examples: &[&Example],
     experts: &[Option<usize>],
-    cache: Option<&mut EncoderCache>,
+    mut cache: Option<&mut EncoderCache>,
 ) -> Tensor<3> {
     if let Some(first) = model.first_adapted_encoder_layer() {
+        if let Some(c) = cache.as_deref_mut().filter(|c| c.encoder_adapters_frozen()) {
+            let rows: Vec<(&Example, Option<usize>)> = examples.iter().copied().zip(experts.iter().copied()).collect();
+            return c.adapted_states(ck, &model.encoder, &rows, first);
+        }
         let route = Route::per_row(experts, &ck.device.clone().inner());
         let lower = match cache {
             Some(c) => c.states_upto(ck, &model.encoder, examples, first),

@@ -45,6 +45,105 @@ struct RawManifest {
     stages: IndexMap<String, Spanned<RawStage>>,
     #[serde(default)]
     params: Option<Value>,
+    /// Where stages run by default: `local` or `slurm` (`pipeline run --executor` overrides).
+    #[serde(default)]
+    executor: Option<Executor>,
+    /// sbatch options for every stage (a stage's own `slurm:` overrides them).
+    #[serde(default)]
+    slurm: Option<SlurmOptions>,
+}
+
+/// Where the runner starts stages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// Processes on this machine.
+    #[default]
+    Local,
+    /// `sbatch` jobs (job arrays for sharded stages) on a Slurm cluster.
+    Slurm,
+}
+
+impl std::str::FromStr for Executor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Executor, String> {
+        match s {
+            "local" => Ok(Executor::Local),
+            "slurm" => Ok(Executor::Slurm),
+            other => Err(format!("unknown executor `{other}` (local or slurm)")),
+        }
+    }
+}
+
+/// sbatch options: the manifest's `slurm:` section, overridden per stage by the stage's own.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmOptions {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// Time limit, e.g. `2:00:00`.
+    pub time: Option<String>,
+    /// Memory per node (`16G`), or per CPU with `mem_per_cpu`.
+    pub mem: Option<String>,
+    pub mem_per_cpu: Option<String>,
+    pub cpus_per_task: Option<u32>,
+    /// `--gpus` (e.g. `1`, `a100:1`) or a generic resource (`gpu:1`).
+    pub gpus: Option<String>,
+    pub gres: Option<String>,
+    pub constraint: Option<String>,
+    pub exclude: Option<String>,
+    /// At most this many tasks of a job array at once (`--array=0-N%K`).
+    pub array_throttle: Option<usize>,
+    /// More sbatch arguments, passed as they are.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+impl SlurmOptions {
+    /// `self` with the fields `over` sets replacing ours (extra args appended).
+    pub fn overridden_by(&self, over: &SlurmOptions) -> SlurmOptions {
+        macro_rules! pick {
+            ($($f:ident),*) => { SlurmOptions { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* extra_args: self.extra_args.iter().chain(&over.extra_args).cloned().collect() } };
+        }
+        pick!(
+            partition,
+            account,
+            qos,
+            time,
+            mem,
+            mem_per_cpu,
+            cpus_per_task,
+            gpus,
+            gres,
+            constraint,
+            exclude,
+            array_throttle
+        )
+    }
+
+    /// The sbatch flags.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        let mut flag = |name: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                a.push(format!("--{name}={v}"));
+            }
+        };
+        flag("partition", &self.partition);
+        flag("account", &self.account);
+        flag("qos", &self.qos);
+        flag("time", &self.time);
+        flag("mem", &self.mem);
+        flag("mem-per-cpu", &self.mem_per_cpu);
+        flag("cpus-per-task", &self.cpus_per_task.map(|c| c.to_string()));
+        flag("gpus", &self.gpus);
+        flag("gres", &self.gres);
+        flag("constraint", &self.constraint);
+        flag("exclude", &self.exclude);
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
 }
 
 #[derive(Deserialize)]
@@ -63,6 +162,12 @@ struct RawStage {
     metrics: Vec<Spanned<String>>,
     #[serde(default)]
     plots: Vec<Spanned<String>>,
+    /// Run as this many shards (`--shard i/N` appended to the command).
+    #[serde(default)]
+    shards: Option<usize>,
+    /// sbatch options of this stage (over the manifest's `slurm:`).
+    #[serde(default)]
+    slurm: Option<SlurmOptions>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -102,6 +207,10 @@ pub struct Stage {
     pub params: Vec<String>,
     pub outs: Vec<Output>,
     pub line: u64,
+    /// Shards the stage runs as (1 = unsharded).
+    pub shards: usize,
+    /// sbatch options (the manifest's, overridden by the stage's).
+    pub slurm: SlurmOptions,
 }
 
 /// A validated manifest.
@@ -116,6 +225,7 @@ pub struct Manifest {
     pub params: Value,
     /// upstream[i] = indices of the stages whose outs stage i depends on.
     pub upstream: Vec<Vec<usize>>,
+    pub executor: Executor,
 }
 
 impl Manifest {
@@ -218,6 +328,17 @@ impl Manifest {
                     keys.push(key);
                 }
             }
+            if rs.shards == Some(0) {
+                return Err(err(
+                    Some(stage_line),
+                    &format!("stages.{name}.shards"),
+                    "shards must be at least 1".into(),
+                ));
+            }
+            let slurm = match &rs.slurm {
+                Some(o) => raw.slurm.clone().unwrap_or_default().overridden_by(o),
+                None => raw.slurm.clone().unwrap_or_default(),
+            };
             stages.push(Stage {
                 name: name.clone(),
                 desc: rs.desc.clone(),
@@ -227,6 +348,8 @@ impl Manifest {
                 params: keys,
                 outs,
                 line: stage_line,
+                shards: rs.shards.unwrap_or(1),
+                slurm,
             });
         }
 
@@ -298,17 +421,25 @@ impl Manifest {
             stages: sorted,
             params,
             upstream: upstream_sorted,
+            executor: raw.executor.unwrap_or_default(),
         })
     }
 
     /// Override one parameter (`cluster.k`, `experts.lora.r`) for this run; the key must exist
     /// in the `params:` section. The value is YAML: `8`, `kmeans`, `[256, 128]`.
-    pub fn set_param(&mut self, key: &str, value: &str) -> anyhow::Result<()> {
+    /// `pipeline run --set key=value`: errors are manifest errors naming the key (exit 2).
+    pub fn set_param(&mut self, key: &str, value: &str) -> Result<(), ManifestError> {
+        let err = |message: String| ManifestError {
+            file: self.file.clone(),
+            line: None,
+            key: format!("params.{key}"),
+            message,
+        };
         if lookup(&self.params, key).is_none() {
-            anyhow::bail!("--set {key}: no such key in the params of {}", self.file.display());
+            return Err(err(format!("--set {key}={value}: no such key in the manifest's params")));
         }
         let parsed: Value =
-            serde_saphyr::from_str(value).map_err(|e| anyhow::anyhow!("--set {key}={value}: not a YAML value: {e}"))?;
+            serde_saphyr::from_str(value).map_err(|e| err(format!("--set {key}={value}: not a YAML value: {e}")))?;
         let mut node = &mut self.params;
         for part in key.split('.') {
             node = node.as_object_mut().and_then(|o| o.get_mut(part)).expect("looked up above");

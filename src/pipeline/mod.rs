@@ -1,5 +1,7 @@
 //! The orchestrator: it knows files, hashes and processes, and nothing about ML.
 
+pub mod check;
+pub mod executor;
 pub mod hash;
 pub mod lock;
 pub mod manifest;

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use super::executor::{self, Job};
 use super::hash::HashCache;
 use super::lock::{Lock, PathHash, StageLock};
-use super::manifest::{Manifest, Stage, replace_path_token};
+use super::manifest::{Executor, Manifest, Stage, replace_path_token};
 use super::run_cache::{self, Hit, RunCache, link_or_copy, remove_any};
 use super::status::{exe_dir, fingerprint, own_reasons, status};
 
@@ -30,6 +31,10 @@ pub struct RunOptions {
     pub keep_going: bool,
     /// Do not restore outs from the run cache (stages still store their runs in it).
     pub no_run_cache: bool,
+    /// Where stages run (default: the manifest's `executor:`, else local).
+    pub executor: Option<Executor>,
+    /// Shard counts by stage name, over the manifest's `shards:`.
+    pub shards: Vec<(String, usize)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +82,124 @@ impl Paths {
     }
 }
 
+/// SIGINT/SIGTERM/SIGHUP to the runner (Ctrl-C on the terminal, `kill PID`, `scancel`) stops
+/// every running stage and launches nothing more, so the runner
+/// ends as a failed stage ends: previous outs and the lock as they were, the staged work kept
+/// to resume from.
+mod interrupt {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static STOPPED: AtomicBool = AtomicBool::new(false);
+    static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+    static SLURM_JOBS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// Install the handler (once per process).
+    pub fn install() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let _ = ctrlc::set_handler(|| {
+                if !STOPPED.swap(true, Ordering::SeqCst) {
+                    eprintln!("\nstopping: the running stages are told to stop (SIGTERM)");
+                }
+                for pid in RUNNING.lock().map(|r| r.clone()).unwrap_or_default() {
+                    signal_group(pid);
+                }
+                let jobs = SLURM_JOBS.lock().map(|r| r.clone()).unwrap_or_default();
+                if !jobs.is_empty() {
+                    eprintln!("cancelling Slurm jobs {}", jobs.join(", "));
+                    let _ = std::process::Command::new("scancel").args(&jobs).status();
+                }
+            });
+        });
+    }
+
+    pub fn stopped() -> bool {
+        STOPPED.load(Ordering::SeqCst)
+    }
+
+    /// A started stage (the pid of its shell). A stage started after the signal is stopped at
+    /// once.
+    pub fn started(pid: u32) {
+        if let Ok(mut r) = RUNNING.lock() {
+            r.push(pid);
+        }
+        if stopped() {
+            signal_group(pid);
+        }
+    }
+
+    /// A submitted Slurm job: cancelled if the runner is stopped.
+    pub fn slurm_job(id: &str) {
+        if let Ok(mut r) = SLURM_JOBS.lock() {
+            r.push(id.to_string());
+        }
+        if stopped() {
+            let _ = std::process::Command::new("scancel").arg(id).status();
+        }
+    }
+
+    pub fn slurm_job_ended(id: &str) {
+        if let Ok(mut r) = SLURM_JOBS.lock() {
+            r.retain(|j| j != id);
+        }
+    }
+
+    pub fn ended(pid: u32) {
+        if let Ok(mut r) = RUNNING.lock() {
+            r.retain(|&p| p != pid);
+        }
+    }
+
+    /// SIGTERM to a stage's process and everything below it (its shell runs the stage binary
+    /// as a child or in its place). Stages stay in the runner's process group, so a kill of
+    /// that group (`kill -9 -PGID`) still takes them all.
+    fn signal_group(pid: u32) {
+        for p in descendants(pid).into_iter().rev().chain([pid]) {
+            // SAFETY: kill(2) with a pid we started (or a descendant of it) and SIGTERM.
+            unsafe {
+                libc::kill(p as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// The processes below `pid`, parents first (from /proc).
+    fn descendants(pid: u32) -> Vec<u32> {
+        let mut parent_of: Vec<(u32, u32)> = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+            // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+            if let Some(pp) = ppid {
+                parent_of.push((p, pp));
+            }
+        }
+        let mut out = vec![];
+        let mut frontier = vec![pid];
+        while let Some(x) = frontier.pop() {
+            for &(c, _) in parent_of.iter().filter(|(_, pp)| *pp == x) {
+                out.push(c);
+                frontier.push(c);
+            }
+        }
+        out
+    }
+}
+
+/// Was the run stopped by SIGINT/SIGTERM/SIGHUP?
+pub fn interrupted() -> bool {
+    interrupt::stopped()
+}
+
+pub(crate) fn slurm_submitted(id: &str) {
+    interrupt::slurm_job(id)
+}
+
+pub(crate) fn slurm_finished(id: &str) {
+    interrupt::slurm_job_ended(id)
+}
+
 pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
     let paths = Paths::of(m);
     let n = m.stages.len();
@@ -92,6 +215,8 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
         }
         forced[i] |= opts.force;
     }
+    // Every selected stage's parameters against its schema, before anything runs.
+    super::check::check_params(m, &(0..n).filter(|&i| selected[i]).collect::<Vec<_>>())?;
     let lock = Lock::load(&paths.lock)?;
     let mut cache = HashCache::open(&paths.hash_cache());
     let runs = RunCache::new(&paths.state);
@@ -124,6 +249,11 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
         return Ok(out);
     }
 
+    interrupt::install();
+    let executor = opts.executor.unwrap_or(m.executor);
+    if executor == Executor::Slurm && !executor::slurm::squeue_available() {
+        bail!("--executor slurm: `squeue` does not run here (install Slurm's client and set SLURM_CONF)");
+    }
     fs::create_dir_all(paths.state.join("logs"))?;
     fs::create_dir_all(paths.state.join("params"))?;
     let mut lock = lock;
@@ -153,7 +283,7 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
                 let ready = ups
                     .iter()
                     .all(|&u| matches!(outcome[u], Some(Outcome::UpToDate | Outcome::Ran(_) | Outcome::Restored)));
-                if !ready || stop || running >= jobs {
+                if !ready || stop || interrupt::stopped() || running >= jobs {
                     continue;
                 }
                 let stage = &m.stages[i];
@@ -185,15 +315,34 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
                         }
                     }
                 }
-                eprintln!("▶ running {} ({})", stage.name, reasons.join("; "));
+                let shards = opts.shards.iter().rev().find(|(s, _)| *s == stage.name).map_or(stage.shards, |s| s.1);
+                // Shards that finished in an earlier run with the same inputs are not run again.
+                let key = format!("{}|{shards}", crate::util::hash_str(&serde_json::to_string(&current)?));
+                let staging = paths.staging(&stage.name);
+                let todo = executor::pending_shards(&staging, &key, shards)
+                    .with_context(|| format!("preparing {}", staging.display()))?;
+                let on = if executor == Executor::Slurm { " on Slurm" } else { "" };
+                let split = if shards > 1 { format!(", {} of {shards} shards", todo.len()) } else { String::new() };
+                eprintln!("▶ running {}{on}{split} ({})", stage.name, reasons.join("; "));
                 let (cmd, staged) = prepare(m, &paths, stage, &current)?;
                 let env = stage_env(m, &paths, stage, &current)?;
-                let log = paths.log(&stage.name);
-                let prefix = if jobs > 1 { format!("[{}] ", stage.name) } else { String::new() };
-                let root = m.root.clone();
+                let job = Job {
+                    stage: stage.name.clone(),
+                    cmd,
+                    root: m.root.clone(),
+                    env,
+                    state: paths.state.clone(),
+                    staging,
+                    prefix: if jobs > 1 { format!("[{}] ", stage.name) } else { String::new() },
+                    shards,
+                    todo,
+                    executor,
+                    slurm: stage.slurm.clone(),
+                    parallel: jobs,
+                };
                 let tx = tx.clone();
                 std::thread::spawn(move || {
-                    let r = execute(&cmd, &root, &env, &log, &prefix);
+                    let r = executor::run(&job);
                     let _ = tx.send((i, r));
                 });
                 launched[i] = Some((current, staged, Instant::now()));
@@ -224,7 +373,12 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
             }
             Err(msg) => {
                 restore_backups(&staged);
-                eprintln!("✗ {} failed: {msg}\n  log: {}", stage.name, paths.log(&stage.name).display());
+                let log = paths.log(&stage.name);
+                if log.exists() {
+                    eprintln!("✗ {} failed: {msg}\n  log: {}", stage.name, log.display());
+                } else {
+                    eprintln!("✗ {} failed: {msg}", stage.name);
+                }
                 outcome[i] = Some(Outcome::Failed(msg));
                 if !opts.keep_going {
                     stop = true;
@@ -325,7 +479,13 @@ fn stage_env(m: &Manifest, paths: &Paths, stage: &Stage, fp: &StageLock) -> Resu
 }
 
 /// Run `sh -c cmd`, its stdout and stderr going to ours and to the log.
-fn execute(cmd: &str, root: &Path, env: &[(String, String)], log: &Path, prefix: &str) -> Result<(), String> {
+pub(crate) fn execute(
+    cmd: &str,
+    root: &Path,
+    env: &[(String, String)],
+    log: &Path,
+    prefix: &str,
+) -> Result<(), String> {
     let mut logf = fs::File::create(log).map_err(|e| format!("cannot write {}: {e}", log.display()))?;
     let _ = writeln!(logf, "$ {cmd}");
     let logf = Arc::new(Mutex::new(logf));
@@ -358,9 +518,12 @@ fn execute(cmd: &str, root: &Path, env: &[(String, String)], log: &Path, prefix:
             }
         })
     };
+    interrupt::started(child.id());
     let t1 = tee(Box::new(child.stdout.take().unwrap()), false);
     let t2 = tee(Box::new(child.stderr.take().unwrap()), true);
-    let status = child.wait().map_err(|e| format!("waiting for the stage: {e}"))?;
+    let status = child.wait().map_err(|e| format!("waiting for the stage: {e}"));
+    interrupt::ended(child.id());
+    let status = status?;
     let _ = t1.join();
     let _ = t2.join();
     if status.success() {
@@ -368,6 +531,7 @@ fn execute(cmd: &str, root: &Path, env: &[(String, String)], log: &Path, prefix:
     } else {
         match status.code() {
             Some(code) => Err(format!("exit code {code}")),
+            None if interrupt::stopped() => Err("stopped by a signal to the runner".into()),
             None => Err("killed by a signal".into()),
         }
     }

@@ -144,7 +144,7 @@ pub fn sweep(
         .iter()
         .map(|v| {
             let mut m = base.clone();
-            v.sets.iter().try_for_each(|(k, val)| m.set_param(k, val)).map(|()| m)
+            v.sets.iter().try_for_each(|(k, val)| m.set_param(k, val)).map(|()| m).map_err(anyhow::Error::from)
         })
         .collect::<Result<_>>()?;
     // Distinct directory names, even where two values map to the same safe name.

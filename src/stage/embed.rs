@@ -122,8 +122,15 @@ struct Prepared {
 
 /// Decode and check one row; Err is (reason, detail) for the rejected table.
 fn prepare(u: &Utterance, ck: &Checkpoint, p: &EmbedParams) -> std::result::Result<Prepared, (String, String)> {
-    if u.text.as_deref().is_none_or(|t| t.trim().is_empty()) {
+    if let Some(why) = &u.bad_text {
+        return Err(("bad_text".into(), why.clone()));
+    }
+    let text = u.text.as_deref().unwrap_or("");
+    if text.trim().is_empty() {
         return Err(("no_transcript".into(), "the transcript is empty".into()));
+    }
+    if !text.chars().any(char::is_alphanumeric) {
+        return Err(("no_words".into(), format!("the transcript has no letters or digits: {text:?}")));
     }
     let d = u.decode().map_err(|e| (e.kind().to_string(), e.to_string()))?;
     let d = crate::audio::to_16k(d, &u.audio_path).map_err(|e| (e.kind().to_string(), e.to_string()))?;

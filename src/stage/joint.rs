@@ -42,6 +42,11 @@ crate::params! {
         /// What routes the saved mixture at inference: `gate` (trained here) or `centroid`
         /// (the nearest cluster centre; both are saved, so evaluate can compare them).
         pub router: RouterKind = RouterKind::Gate,
+        /// Keep the experts' encoder adapters as the experts stage trained them and train the
+        /// gate and the decoder adapters: each (expert, utterance)'s encoder output is then
+        /// computed once (no backward pass through the encoder), which makes the soft phase,
+        /// where every utterance runs through every expert, several times faster.
+        pub freeze_encoder_adapters: bool = false,
     }
 }
 
@@ -225,7 +230,8 @@ pub struct JointTask<'a> {
 
 impl<'a> JointTask<'a> {
     pub fn new(ck: &'a Checkpoint, data: &'a JointData, p: &'a JointParams) -> JointTask<'a> {
-        JointTask { ck, data, p, cache: p.train.encoder_cache(), epoch_rows: Vec::new(), state: JointState::default() }
+        let cache = p.train.encoder_cache().with_frozen_encoder_adapters(p.freeze_encoder_adapters);
+        JointTask { ck, data, p, cache, epoch_rows: Vec::new(), state: JointState::default() }
     }
 
     /// Validation: loss with the epoch's routing (no noise, no rescue) and WER with top-1

@@ -21,11 +21,78 @@ pub struct EncoderCache {
     cross: HashMap<String, Vec<(Tensor<2>, Tensor<2>)>>,
     /// Budget for `cross` in bytes (each utterance holds 2 x layers x 1500 x d_model floats).
     cross_budget: usize,
+    /// The encoder's adapters are frozen (trained by an earlier stage): its output through
+    /// each expert is a constant, computed once per (expert, utterance) and kept in `adapted`.
+    frozen_adapters: bool,
+    adapted: HashMap<(Option<usize>, String), Tensor<2>>,
 }
 
 impl EncoderCache {
     pub fn new(capacity: usize) -> EncoderCache {
-        EncoderCache { states: HashMap::new(), capacity, cross: HashMap::new(), cross_budget: 0 }
+        EncoderCache {
+            states: HashMap::new(),
+            capacity,
+            cross: HashMap::new(),
+            cross_budget: 0,
+            frozen_adapters: false,
+            adapted: HashMap::new(),
+        }
+    }
+
+    /// Treat the encoder's adapters as frozen: training then reads each (expert, utterance)'s
+    /// encoder output from this cache instead of running (and differentiating) the adapted
+    /// layers, and the encoder adapters receive no gradient. Only for training that must not
+    /// change them (the joint stage's `freeze_encoder_adapters`).
+    pub fn with_frozen_encoder_adapters(mut self, frozen: bool) -> EncoderCache {
+        self.frozen_adapters = frozen;
+        self
+    }
+
+    pub fn encoder_adapters_frozen(&self) -> bool {
+        self.frozen_adapters
+    }
+
+    /// Encoder outputs [n, 1500, d] of `rows` (utterance, expert) through each row's expert's
+    /// (frozen) encoder adapters; `encoder` is an inference copy whose first adapted layer is
+    /// `first`. Each (expert, utterance) is computed once, from the cached base states below
+    /// `first`.
+    pub fn adapted_states(
+        &mut self,
+        ck: &Checkpoint,
+        encoder: &crate::whisper::model::Encoder,
+        rows: &[(&Example, Option<usize>)],
+        first: usize,
+    ) -> Tensor<3> {
+        let key = |e: &Example, x: Option<usize>| (x, e.id.clone());
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<(&Example, Option<usize>)> = rows
+            .iter()
+            .filter(|(e, x)| !self.adapted.contains_key(&key(e, *x)) && seen.insert(key(e, *x)))
+            .copied()
+            .collect();
+        let mut fresh: HashMap<(Option<usize>, String), Tensor<2>> = HashMap::new();
+        if !missing.is_empty() {
+            let exs: Vec<&Example> = missing.iter().map(|r| r.0).collect();
+            let lower = self.states_upto(ck, encoder, &exs, first);
+            let device = lower.device();
+            let experts: Vec<Option<usize>> = missing.iter().map(|r| r.1).collect();
+            let route = crate::lora::Route::per_row(&experts, &device);
+            let enc = encoder.forward_from(lower, first, Some(&route));
+            let [_, t, d] = enc.dims();
+            for (i, (e, x)) in missing.iter().enumerate() {
+                let s = enc.clone().slice(s![i..i + 1, .., ..]).reshape([t, d]);
+                if self.adapted.len() < self.capacity {
+                    self.adapted.insert(key(e, *x), s);
+                } else {
+                    fresh.insert(key(e, *x), s);
+                }
+            }
+        }
+        let out: Vec<Tensor<2>> = rows
+            .iter()
+            .map(|(e, x)| self.adapted.get(&key(e, *x)).or_else(|| fresh.get(&key(e, *x))).expect("encoded").clone())
+            .collect();
+        Tensor::stack(out, 0)
     }
 
     /// Also keep the decoder's base cross-attention keys/values, up to `mb` megabytes: they

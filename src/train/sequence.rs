@@ -80,13 +80,20 @@ pub fn utterance_losses(
     train: bool,
     pack: bool,
 ) -> Tensor<1> {
-    if pack && model.encoder_has_adapters() {
+    if pack && model.encoder_has_adapters() && !cache.encoder_adapters_frozen() {
         return packed_losses(ck, model, examples, rows, train);
     }
     let device = model.decoder.embed_tokens.val().device();
     let route = Route::per_row(&rows.iter().map(|r| r.1).collect::<Vec<_>>(), &device).training(train);
     let exs: Vec<&Example> = rows.iter().map(|r| &examples[r.0]).collect();
     let seqs: Vec<&[u32]> = exs.iter().map(|e| e.tokens.as_slice()).collect();
+    if let Some(first) = model.first_adapted_encoder_layer().filter(|_| cache.encoder_adapters_frozen()) {
+        // Frozen encoder adapters: each (expert, utterance)'s encoder output is a constant.
+        let pairs: Vec<(&Example, Option<usize>)> = rows.iter().map(|r| (&examples[r.0], r.1)).collect();
+        let enc = cache.adapted_states(ck, &model.encoder.valid(), &pairs, first);
+        let enc = Tensor::from_data(enc.into_data(), &device);
+        return sequence_losses(model, enc, &seqs, Some(&route));
+    }
     if let Some(first) = model.first_adapted_encoder_layer() {
         // The layers below the first adapted one are shared by every expert: from the cache.
         let lower = cache.states_upto(ck, &model.encoder.valid(), &exs, first);

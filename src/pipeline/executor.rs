@@ -1,0 +1,419 @@
+//! Where a stage's command runs: here (`local`: a process, or one per shard) or on a Slurm
+//! cluster (`slurm`: an `sbatch` job, a job array for a sharded stage). Either way the command
+//! writes into the stage's staging directory and the runner commits the outs when every shard
+//! has succeeded, so staleness, the lock and the run cache do not depend on the executor.
+//!
+//! Shards: shard i of N runs the stage's command with `--shard i/N` appended (and
+//! `PIPELINE_SHARD=i/N`); each writes its own part files. The shards that finished are recorded
+//! in the staging directory (`.shards.json`, with the inputs they were made from), so after a
+//! failure only the failed or missing shards run again.
+//!
+//! Slurm: jobs are submitted when their upstream stages are committed (outs move into place
+//! between stages, which an `afterok` chain submitted up front could not wait for), followed
+//! with `squeue` (the job script also writes each task's exit code beside the logs, for jobs
+//! Slurm has already purged), and cancelled with `scancel` when the runner is interrupted.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::manifest::{Executor, SlurmOptions};
+
+/// One stage to run, as the runner hands it over.
+pub struct Job {
+    pub stage: String,
+    /// The command with its outs pointing into the staging directory.
+    pub cmd: String,
+    pub root: PathBuf,
+    pub env: Vec<(String, String)>,
+    /// The runner's state directory (`.pipeline`).
+    pub state: PathBuf,
+    pub staging: PathBuf,
+    /// Prefix of the stage's output lines (parallel runs).
+    pub prefix: String,
+    pub shards: usize,
+    /// The shards still to run (all of them unless an earlier run finished some).
+    pub todo: Vec<usize>,
+    pub executor: Executor,
+    pub slurm: SlurmOptions,
+    /// Local shards at once.
+    pub parallel: usize,
+}
+
+impl Job {
+    fn shard_cmd(&self, i: usize) -> String {
+        if self.shards > 1 { format!("{} --shard {i}/{}", self.cmd, self.shards) } else { self.cmd.clone() }
+    }
+
+    /// The log of a local run: `.pipeline/logs/STAGE.log`, or one per shard in `logs/STAGE/`.
+    pub fn local_log(&self, i: usize) -> PathBuf {
+        if self.shards > 1 {
+            self.state.join("logs").join(&self.stage).join(format!("shard-{i}.log"))
+        } else {
+            self.state.join("logs").join(format!("{}.log", self.stage))
+        }
+    }
+}
+
+/// Run a job to the end: Ok when every shard succeeded.
+pub fn run(job: &Job) -> Result<(), String> {
+    match job.executor {
+        Executor::Local => run_local(job),
+        Executor::Slurm => slurm::run(job),
+    }
+}
+
+fn run_local(job: &Job) -> Result<(), String> {
+    if job.shards == 1 {
+        return super::runner::execute(&job.cmd, &job.root, &job.env, &job.local_log(0), &job.prefix);
+    }
+    let _ = fs::create_dir_all(job.state.join("logs").join(&job.stage));
+    let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    for chunk in job.todo.chunks(job.parallel.max(1)) {
+        std::thread::scope(|s| {
+            for &i in chunk {
+                let errors = &errors;
+                s.spawn(move || {
+                    let mut env = job.env.clone();
+                    env.push(("PIPELINE_SHARD".into(), format!("{i}/{}", job.shards)));
+                    let prefix = format!("{}[shard {i}/{}] ", job.prefix, job.shards);
+                    match super::runner::execute(&job.shard_cmd(i), &job.root, &env, &job.local_log(i), &prefix) {
+                        Ok(()) => shard_done(&job.staging, i, job.shards),
+                        Err(e) => errors.lock().unwrap().push(format!(
+                            "shard {i}/{}: {e} (log: {})",
+                            job.shards,
+                            job.local_log(i).display()
+                        )),
+                    }
+                });
+            }
+        });
+        if super::runner::interrupted() {
+            break;
+        }
+    }
+    let errors = errors.into_inner().unwrap();
+    if errors.is_empty() && !super::runner::interrupted() {
+        Ok(())
+    } else if errors.is_empty() {
+        Err("stopped by a signal to the runner".into())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// What `.shards.json` in a stage's staging directory holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ShardState {
+    /// The inputs and shard count the finished shards were made with.
+    key: String,
+    done: Vec<usize>,
+}
+
+static SHARD_FILE: Mutex<()> = Mutex::new(());
+
+fn shard_file(staging: &Path) -> PathBuf {
+    staging.join(".shards.json")
+}
+
+/// The shards of a stage still to run, given the key of its inputs (`key` covers the shard
+/// count). Staged work made from other inputs or another sharding is removed first: part files
+/// of another split must never mix with these.
+pub fn pending_shards(staging: &Path, key: &str, shards: usize) -> std::io::Result<Vec<usize>> {
+    let _guard = SHARD_FILE.lock().unwrap();
+    let file = shard_file(staging);
+    let state: Option<ShardState> = fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok());
+    match state {
+        Some(s) if s.key == key && shards > 1 => Ok((0..shards).filter(|i| !s.done.contains(i)).collect()),
+        Some(_) => {
+            super::run_cache::remove_any(staging)?;
+            write_state(staging, &ShardState { key: key.into(), done: vec![] }, shards)?;
+            Ok((0..shards).collect())
+        }
+        None => {
+            if shards > 1 {
+                // Parts of an unsharded attempt would not be a shard's: start clean.
+                if staging.exists() {
+                    super::run_cache::remove_any(staging)?;
+                }
+                write_state(staging, &ShardState { key: key.into(), done: vec![] }, shards)?;
+            }
+            Ok((0..shards).collect())
+        }
+    }
+}
+
+fn write_state(staging: &Path, s: &ShardState, shards: usize) -> std::io::Result<()> {
+    if shards <= 1 {
+        return Ok(()); // unsharded: no record (an old one was removed with the staging dir)
+    }
+    fs::create_dir_all(staging)?;
+    let tmp = staging.join(".shards.json.tmp");
+    fs::write(&tmp, serde_json::to_string(s).unwrap_or_default())?;
+    fs::rename(&tmp, shard_file(staging))
+}
+
+/// Record shard `i` as finished.
+fn shard_done(staging: &Path, i: usize, shards: usize) {
+    let _guard = SHARD_FILE.lock().unwrap();
+    let file = shard_file(staging);
+    let mut s: ShardState =
+        fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    if !s.done.contains(&i) {
+        s.done.push(i);
+        s.done.sort();
+    }
+    if let Err(e) = write_state(staging, &s, shards) {
+        eprintln!("warning: cannot record shard {i} as done in {}: {e}", file.display());
+    }
+}
+
+/// Shell single quotes.
+fn sq(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+pub mod slurm {
+    use super::*;
+
+    /// Slurm states after which a job or task does not change any more.
+    fn is_final(state: &str) -> bool {
+        !matches!(
+            state,
+            "PENDING"
+                | "CONFIGURING"
+                | "RUNNING"
+                | "COMPLETING"
+                | "SUSPENDED"
+                | "REQUEUED"
+                | "RESIZING"
+                | "SIGNALING"
+                | "STAGE_OUT"
+                | "REQUEUE_FED"
+                | "REQUEUE_HOLD"
+                | "RESV_DEL_HOLD"
+        )
+    }
+
+    /// One task's end, as a message for the user.
+    fn describe(state: &str, reason: &str, code: Option<i64>, opts: &SlurmOptions) -> String {
+        let status =
+            code.map(|v| if v & 127 != 0 { format!("signal {}", v & 127) } else { format!("exit {}", v >> 8) });
+        match state {
+            "FAILED" if reason == "JobLaunchFailure" => {
+                "could not start (log directory missing, or killed at once for exceeding --mem)".into()
+            }
+            "FAILED" => format!("failed ({})", status.unwrap_or_else(|| "non-zero exit".into())),
+            "TIMEOUT" => format!(
+                "hit its time limit ({}); raise `slurm.time`",
+                opts.time.as_deref().map_or("the partition's default".into(), |t| format!("--time={t}"))
+            ),
+            "OUT_OF_MEMORY" => format!(
+                "ran out of memory ({}); raise `slurm.mem`",
+                opts.mem.as_deref().map_or("the default".into(), |m| format!("--mem={m}"))
+            ),
+            "CANCELLED" => "cancelled (scancel, by the runner, you or an admin)".into(),
+            "NODE_FAIL" | "PREEMPTED" | "BOOT_FAIL" => {
+                format!("{state}: lost to the cluster (node failure or preemption); run again")
+            }
+            other => format!("{other} ({reason})"),
+        }
+    }
+
+    pub(crate) fn squeue_available() -> bool {
+        Command::new("squeue").arg("--version").output().is_ok_and(|o| o.status.success())
+    }
+
+    fn script(job: &Job, rc_dir: &Path) -> String {
+        let mut s = String::from("#!/bin/sh\n# Written by `pipeline run --executor slurm`.\n");
+        s += &format!("cd {} || exit 97\n", sq(&job.root.to_string_lossy()));
+        for (k, v) in &job.env {
+            s += &format!("export {k}={}\n", sq(v));
+        }
+        s += "task=${SLURM_ARRAY_TASK_ID:-0}\n";
+        s += &format!("CMD={}\n", sq(&job.cmd));
+        if job.shards > 1 {
+            s += &format!("export PIPELINE_SHARD=\"$task/{n}\"\nsh -c \"$CMD --shard $task/{n}\"\n", n = job.shards);
+        } else {
+            s += "sh -c \"$CMD\"\n";
+        }
+        s += "rc=$?\n";
+        s += &format!("echo \"$rc\" > {}/\"$task.rc\"\nexit \"$rc\"\n", sq(&rc_dir.to_string_lossy()));
+        s
+    }
+
+    /// `--array` value for the shards to run: ranges where they are contiguous.
+    pub fn array_spec(todo: &[usize], throttle: Option<usize>) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < todo.len() {
+            let mut j = i;
+            while j + 1 < todo.len() && todo[j + 1] == todo[j] + 1 {
+                j += 1;
+            }
+            parts.push(if j > i { format!("{}-{}", todo[i], todo[j]) } else { todo[i].to_string() });
+            i = j + 1;
+        }
+        let mut spec = parts.join(",");
+        if let Some(k) = throttle {
+            spec += &format!("%{k}");
+        }
+        spec
+    }
+
+    pub fn run(job: &Job) -> Result<(), String> {
+        let abs = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let state = abs(&job.state);
+        let logs = state.join("logs").join(&job.stage);
+        let dir = state.join("slurm").join(&job.stage);
+        // The log directory must exist before sbatch, or the tasks fail at launch with no log.
+        let _ = super::super::run_cache::remove_any(&dir);
+        fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let script_path = dir.join("job.sh");
+        fs::write(&script_path, script(job, &dir))
+            .map_err(|e| format!("cannot write {}: {e}", script_path.display()))?;
+        let sharded = job.shards > 1;
+        let name = format!("pipeline:{}", job.stage);
+        let mut args = vec![
+            "--parsable".to_string(),
+            format!("--job-name={name}"),
+            format!("--chdir={}", abs(&job.root).display()),
+            "--kill-on-invalid-dep=yes".into(),
+        ];
+        if sharded {
+            args.push(format!("--array={}", array_spec(&job.todo, job.slurm.array_throttle)));
+            args.push(format!("--output={}/%x_%A_%a.out", logs.display()));
+        } else {
+            args.push(format!("--output={}/%x_%j.out", logs.display()));
+        }
+        args.extend(job.slurm.args());
+        args.push(script_path.to_string_lossy().into_owned());
+        let out = Command::new("sbatch")
+            .args(&args)
+            .output()
+            .map_err(|e| format!("cannot run sbatch (is Slurm installed and SLURM_CONF set?): {e}"))?;
+        if !out.status.success() {
+            return Err(format!("sbatch {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        let id = String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap_or("").to_string();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!("sbatch printed no job id: {:?}", String::from_utf8_lossy(&out.stdout)));
+        }
+        let tasks: Vec<usize> = if sharded { job.todo.clone() } else { vec![0] };
+        eprintln!(
+            "{}⇪ submitted {} as Slurm job {id}{} (logs: {})",
+            job.prefix,
+            job.stage,
+            if sharded { format!(" (array {})", array_spec(&tasks, job.slurm.array_throttle)) } else { String::new() },
+            logs.display()
+        );
+        let _ = fs::write(dir.join("job_id"), &id);
+        super::super::runner::slurm_submitted(&id);
+        let result = follow(job, &id, &tasks, &dir, &logs);
+        super::super::runner::slurm_finished(&id);
+        result
+    }
+
+    /// Poll squeue until every task is final; record finished shards; the error names each
+    /// failed task with its state and log.
+    fn follow(job: &Job, id: &str, tasks: &[usize], dir: &Path, logs: &Path) -> Result<(), String> {
+        let sharded = job.shards > 1;
+        let poll = std::env::var("PIPELINE_SLURM_POLL_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0f64);
+        let mut fin: BTreeMap<usize, (String, String, Option<i64>)> = BTreeMap::new();
+        let mut last_report = usize::MAX;
+        let mut unlisted = 0;
+        loop {
+            let out = Command::new("squeue")
+                .args(["-h", "-t", "all", "-r", "-j", id, "-O", "JobArrayID:|,State:|,Reason:|,exit_code:|"])
+                .output();
+            let listed = out.as_ref().is_ok_and(|o| o.status.success());
+            if let Ok(o) = &out
+                && listed
+            {
+                for line in String::from_utf8_lossy(&o.stdout).lines() {
+                    let f: Vec<&str> = line.split('|').map(str::trim).collect();
+                    if f.len() < 4 {
+                        continue;
+                    }
+                    let task = match f[0].split_once('_') {
+                        Some((_, t)) => t.parse::<usize>().ok(),
+                        None => (!sharded).then_some(0),
+                    };
+                    if let Some(t) = task
+                        && is_final(f[1])
+                    {
+                        fin.entry(t).or_insert_with(|| (f[1].to_string(), f[2].to_string(), f[3].parse().ok()));
+                    }
+                }
+            }
+            // Tasks Slurm no longer lists (purged): their exit code file says how they ended.
+            for &t in tasks {
+                if !fin.contains_key(&t)
+                    && (!listed || !squeue_lists(&out, id, t, sharded))
+                    && let Ok(rc) = fs::read_to_string(dir.join(format!("{t}.rc")))
+                {
+                    let rc: i64 = rc.trim().parse().unwrap_or(1);
+                    let state = if rc == 0 { "COMPLETED" } else { "FAILED" };
+                    fin.insert(t, (state.into(), "NonZeroExitCode".into(), Some(rc << 8)));
+                }
+            }
+            // Neither listed nor with an exit code, three polls running: lost before it could
+            // write one (or Slurm is unreachable).
+            unlisted = if listed { 0 } else { unlisted + 1 };
+            if unlisted >= 3 {
+                for &t in tasks {
+                    fin.entry(t).or_insert_with(|| ("LOST".into(), "not in squeue and no exit code".into(), None));
+                }
+            }
+            for (&t, (state, _, _)) in &fin {
+                if state == "COMPLETED" && sharded {
+                    super::shard_done(&job.staging, t, job.shards);
+                }
+            }
+            if fin.len() != last_report && sharded {
+                eprintln!("{}⧗ {}: {}/{} tasks of job {id} finished", job.prefix, job.stage, fin.len(), tasks.len());
+                last_report = fin.len();
+            }
+            if tasks.iter().all(|t| fin.contains_key(t)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs_f64(poll));
+        }
+        let log_of = |t: usize| -> PathBuf {
+            let name = format!("pipeline:{}", job.stage);
+            if sharded { logs.join(format!("{name}_{id}_{t}.out")) } else { logs.join(format!("{name}_{id}.out")) }
+        };
+        let failed: Vec<String> = fin
+            .iter()
+            .filter(|(_, (state, _, _))| state != "COMPLETED")
+            .map(|(&t, (state, reason, code))| {
+                let what =
+                    if sharded { format!("shard {t}/{} (task {id}_{t})", job.shards) } else { format!("job {id}") };
+                format!("{what}: {} (log: {})", describe(state, reason, *code, &job.slurm), log_of(t).display())
+            })
+            .collect();
+        if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+    }
+
+    fn squeue_lists(out: &std::io::Result<std::process::Output>, id: &str, t: usize, sharded: bool) -> bool {
+        let Ok(o) = out else { return false };
+        let want = if sharded { format!("{id}_{t}") } else { id.to_string() };
+        String::from_utf8_lossy(&o.stdout).lines().any(|l| l.split('|').next().map(str::trim) == Some(want.as_str()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn array_specs_use_ranges() {
+            assert_eq!(super::array_spec(&[0, 1, 2], None), "0-2");
+            assert_eq!(super::array_spec(&[1, 4], Some(2)), "1,4%2");
+            assert_eq!(super::array_spec(&[0, 1, 3, 5, 6, 7], None), "0-1,3,5-7");
+        }
+    }
+}

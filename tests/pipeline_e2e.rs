@@ -224,5 +224,7 @@ fn check_values(dir: &Path, metrics: &serde_json::Value) {
     let budget = experts["optimizer_steps"].as_u64().unwrap() + joint["optimizer_steps"].as_u64().unwrap();
     assert!(budget > 0);
     assert_eq!(dense["budget"].as_u64().unwrap(), budget, "{dense}");
-    assert_eq!(dense["optimizer_steps"].as_u64().unwrap(), budget, "the dense baseline spends the whole budget");
+    // Early stopping (`patience`, as the experts have) may end it before the budget is spent.
+    let steps = dense["optimizer_steps"].as_u64().unwrap();
+    assert!(steps > 0 && steps <= budget, "dense took {steps} steps of a budget of {budget}");
 }

@@ -282,7 +282,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let reasons = status(&m, &lock, &mut cache)?;
             cache.save()?;
             let mut stale = 0;
+            let slurm = whisper_moe::pipeline::executor::slurm::squeue_available();
             for (s, r) in m.stages.iter().zip(&reasons) {
+                if slurm
+                    && let Some((id, what)) = whisper_moe::pipeline::executor::slurm::in_flight(&paths.state, &s.name)
+                {
+                    println!("{}: in flight as Slurm job {id} ({what})", s.name);
+                }
                 if r.is_empty() {
                     println!("{}: up to date", s.name);
                 } else {

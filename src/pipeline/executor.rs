@@ -225,7 +225,28 @@ pub mod slurm {
         }
     }
 
-    pub(crate) fn squeue_available() -> bool {
+    /// The Slurm job of `stage` still queued or running (from the last submission), with its
+    /// state: what `pipeline status` shows while a run is in flight.
+    pub fn in_flight(state_dir: &Path, stage: &str) -> Option<(String, String)> {
+        let id = fs::read_to_string(state_dir.join("slurm").join(stage).join("job_id")).ok()?;
+        let id = id.trim().to_string();
+        let out = Command::new("squeue").args(["-h", "-r", "-j", &id, "-O", "JobArrayID:|,State:|"]).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let states: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split('|').nth(1).map(|s| s.trim().to_string()))
+            .filter(|s| !is_final(s))
+            .collect();
+        if states.is_empty() {
+            return None;
+        }
+        let running = states.iter().filter(|s| *s == "RUNNING").count();
+        Some((id, format!("{} tasks unfinished, {running} running", states.len())))
+    }
+
+    pub fn squeue_available() -> bool {
         Command::new("squeue").arg("--version").output().is_ok_and(|o| o.status.success())
     }
 
@@ -328,7 +349,13 @@ pub mod slurm {
         let mut fin: BTreeMap<usize, (String, String, Option<i64>)> = BTreeMap::new();
         let mut last_report = usize::MAX;
         let mut unlisted = 0;
+        // An unsharded job's output is shown as it grows, as a local stage's is.
+        let mut shown = 0usize;
+        let single_log = logs.join(format!("pipeline:{}_{id}.out", job.stage));
         loop {
+            if !sharded {
+                shown = show_new_lines(&single_log, shown, &job.prefix);
+            }
             let out = Command::new("squeue")
                 .args(["-h", "-t", "all", "-r", "-j", id, "-O", "JobArrayID:|,State:|,Reason:|,exit_code:|"])
                 .output();
@@ -385,6 +412,9 @@ pub mod slurm {
             }
             std::thread::sleep(Duration::from_secs_f64(poll));
         }
+        if !sharded {
+            show_new_lines(&single_log, shown, &job.prefix);
+        }
         let log_of = |t: usize| -> PathBuf {
             let name = format!("pipeline:{}", job.stage);
             if sharded { logs.join(format!("{name}_{id}_{t}.out")) } else { logs.join(format!("{name}_{id}.out")) }
@@ -399,6 +429,23 @@ pub mod slurm {
             })
             .collect();
         if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+    }
+
+    /// Print the complete lines of `log` after byte `from`; returns where they end.
+    fn show_new_lines(log: &Path, from: usize, prefix: &str) -> usize {
+        let Ok(bytes) = fs::read(log) else { return from };
+        if bytes.len() <= from {
+            return from;
+        }
+        let Some(end) = bytes[from..].iter().rposition(|&b| b == b'\n').map(|p| from + p + 1) else { return from };
+        let text = String::from_utf8_lossy(&bytes[from..end]);
+        let mut err = std::io::stderr().lock();
+        for line in text.lines() {
+            // Progress bars redraw with carriage returns: show the last state of each line.
+            let line = line.rsplit('\r').next().unwrap_or(line);
+            let _ = std::io::Write::write_all(&mut err, format!("{prefix}{line}\n").as_bytes());
+        }
+        end
     }
 
     fn squeue_lists(out: &std::io::Result<std::process::Output>, id: &str, t: usize, sharded: bool) -> bool {

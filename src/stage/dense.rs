@@ -79,7 +79,8 @@ impl Stage for Dense {
         let (ck, g) = super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, true)?;
         let dev = ck.device.clone();
         let expert_steps = ExpertsManifest::read(&paths.experts)?.optimizer_steps;
-        let joint_steps = JointSummary::read(&paths.joint)?.optimizer_steps;
+        let joint = JointSummary::read(&paths.joint)?;
+        let joint_steps = joint.optimizer_steps;
         let budget = expert_steps + joint_steps;
 
         let train_ids: Vec<(usize, &str)> =
@@ -113,7 +114,33 @@ impl Stage for Dense {
         let fingerprint =
             crate::util::hash_str(&format!("dense|{}|{}|{budget}|{:?}", serde_json::to_string(p)?, ck.hash, rows));
         let ckpt = paths.out.join("checkpoint");
-        let trained = train(model, &mut task, &cfg.loop_config(), &ckpt, &fingerprint)?;
+        let split = joint.froze_encoder_adapters && model.encoder_has_adapters() && joint_steps > 0;
+        let (trained, steps) = if split {
+            // The mixture's treatment: its encoder adapters trained for the experts' steps and
+            // were frozen for the joint stage's; so here the first `expert_steps` steps train
+            // every adapter and the last `joint_steps` the decoder's (a fresh optimizer each,
+            // as the two stages have).
+            let phase = |steps: u64| {
+                let mut c = cfg.clone();
+                c.epochs = (steps as usize).div_ceil(steps_per_epoch.max(1)).max(1);
+                c.max_steps = Some(steps);
+                c
+            };
+            eprintln!(
+                "dense: {expert_steps} steps with every adapter, then {joint_steps} with the encoder adapters frozen (as the joint stage)"
+            );
+            let first = train(model, &mut task, &phase(expert_steps).loop_config(), &ckpt.join("all"), &fingerprint)?;
+            let model = first.best.unwrap_or(first.model);
+            task.freeze_encoder_adapters(&cfg);
+            let second =
+                train(model, &mut task, &phase(joint_steps).loop_config(), &ckpt.join("frozen"), &fingerprint)?;
+            let steps = first.steps + second.steps;
+            (second, steps)
+        } else {
+            let t = train(model, &mut task, &cfg.loop_config(), &ckpt, &fingerprint)?;
+            let steps = t.steps;
+            (t, steps)
+        };
         let model = trained.best.unwrap_or(trained.model);
         let (l1, w1) = task.validate(&model, &val_rows, &p.eval)?;
         crate::whisper::peft::save_expert(&model, 0, &p.lora, &paths.base.model, &paths.out.join("adapter"))?;
@@ -127,7 +154,7 @@ impl Stage for Dense {
         }
         metrics.write(&paths.out.join("metrics"), &standard_metadata("dense", Some(&ck.hash)))?;
         let summary = DenseSummary {
-            optimizer_steps: trained.steps,
+            optimizer_steps: steps,
             budget,
             utterances: rows.len(),
             val_loss_base: l0[0],

@@ -311,6 +311,12 @@ impl<'a> AdapterTask<'a> {
         }
     }
 
+    /// From now on the encoder adapters are frozen: their outputs come from the cache (the
+    /// dense baseline's second phase, as the joint stage's `freeze_encoder_adapters`).
+    pub fn freeze_encoder_adapters(&mut self, train: &TrainConfig) {
+        self.cache = train.encoder_cache().with_frozen_encoder_adapters(true);
+    }
+
     /// Per-expert val loss and WER of `model` (an inference copy is made).
     pub fn validate(
         &mut self,

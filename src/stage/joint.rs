@@ -82,6 +82,10 @@ pub struct JointSummary {
     pub val_loss: Option<f64>,
     /// Val WER with top-1 routing after the last epoch.
     pub val_wer: Option<f64>,
+    /// The experts' encoder adapters were kept frozen (the dense baseline does the same for
+    /// the joint stage's share of its step budget).
+    #[serde(default)]
+    pub froze_encoder_adapters: bool,
 }
 
 impl JointSummary {
@@ -413,6 +417,7 @@ fn write_outputs(
         optimizer_steps: steps,
         val_loss: last.and_then(|l| l.val_loss),
         val_wer: last.and_then(|l| l.val_wer),
+        froze_encoder_adapters: p.freeze_encoder_adapters && m.whisper.encoder_has_adapters(),
     };
     crate::util::write_json(&paths.out.join("summary.json"), &summary)?;
     Ok(summary)

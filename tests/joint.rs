@@ -68,6 +68,7 @@ fn setup_with(name: &str, device: &Device, targets: &str) -> (Checkpoint, JointM
                 audio: (0..12_000).map(|j| ((j * (i + 3)) as f32 * 0.011).sin() * 0.3).collect(),
                 tokens,
                 text: words[i % words.len()].into(),
+                ..Default::default()
             }
         })
         .collect();

@@ -195,6 +195,7 @@ fn examples(ck: &Checkpoint) -> Vec<Example> {
                 t
             },
             text: String::new(),
+            ..Default::default()
         })
         .collect()
 }

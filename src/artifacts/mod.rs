@@ -65,6 +65,13 @@ impl Embeddings {
         self.extra.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
 
+    /// The `language` column by utterance id (what the embed stage detected, or the dataset's
+    /// own column carried over); empty without one.
+    pub fn languages(&self) -> std::collections::HashMap<String, String> {
+        let Some(col) = self.column("language") else { return Default::default() };
+        self.ids.iter().zip(col).filter_map(|(id, l)| Some((id.clone(), l.clone()?))).collect()
+    }
+
     pub fn schema(dim: usize, extra: &[String]) -> SchemaRef {
         let mut fields = vec![
             Field::new("id", DataType::Utf8, false),

@@ -185,8 +185,22 @@ struct TranscribeArgs {
     /// repetitive or unlikely text, no token limit from the duration.
     #[arg(long)]
     no_safeguards: bool,
+    /// The language spoken (a code such as `de`, a name, or a locale such as `pt-BR`); without
+    /// it a multilingual checkpoint detects each file's language. English-only checkpoints
+    /// accept only English.
+    #[arg(long)]
+    language: Option<String>,
+    /// transcribe, or translate into English (multilingual checkpoints).
+    #[arg(long, value_enum, default_value = "transcribe")]
+    task: TaskArg,
     #[arg(required = true)]
     files: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TaskArg {
+    Transcribe,
+    Translate,
 }
 
 #[derive(Subcommand)]
@@ -450,7 +464,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 
 fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     use whisper_moe::mixture::Mixture;
-    use whisper_moe::mixture::transcribe::transcribe as decode_rows;
+    use whisper_moe::mixture::transcribe::transcribe_detailed as decode_rows;
     use whisper_moe::train::Example;
     use whisper_moe::whisper::{Checkpoint, device};
     let dev = device(&args.device)?;
@@ -479,12 +493,26 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
             Runner::Plain(ck, expert)
         }
     };
+    let task = match args.task {
+        TaskArg::Transcribe => whisper_moe::whisper::Task::Transcribe,
+        TaskArg::Translate => whisper_moe::whisper::Task::Translate,
+    };
+    let language = args.language.as_deref().map(whisper_moe::whisper::language::code).transpose()?;
+    // Refuse what the checkpoint cannot do before reading any audio.
+    match &runner {
+        Runner::Plain(ck, _) => ck.prompt(Some(language.as_deref().unwrap_or("en")), task).map(drop)?,
+        Runner::Mixture(m) => m.ck.prompt(Some(language.as_deref().unwrap_or("en")), task).map(drop)?,
+    }
     let mut failed = false;
     for chunk in args.files.chunks(args.batch_size.max(1)) {
         let mut clips = Vec::new();
         for f in chunk {
             match whisper_moe::audio::load_16k(f) {
-                Ok(d) => clips.push(Example::clip(f.display().to_string(), d.samples)),
+                Ok(d) => clips.push(Example {
+                    language: language.clone(),
+                    task,
+                    ..Example::clip(f.display().to_string(), d.samples)
+                }),
                 Err(e) => {
                     eprintln!("error: {e}");
                     failed = true;
@@ -495,30 +523,49 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         match &runner {
             Runner::Plain(ck, expert) => {
                 let texts = decode_rows(ck, &ck.model, &refs, &vec![*expert; refs.len()], &opts, None)?;
-                for (clip, text) in clips.iter().zip(texts) {
+                for (clip, t) in clips.iter().zip(texts) {
                     if args.json {
-                        println!("{}", serde_json::json!({"file": clip.id, "text": text}));
+                        let mut j = serde_json::json!({"file": clip.id, "text": t.text});
+                        if let Some(l) = &t.language {
+                            j["language"] = l.as_str().into();
+                            j["language_prob"] = t.language_prob.map(|p| p as f64).into();
+                        }
+                        println!("{j}");
                     } else {
-                        println!("{}\t{}", clip.id, text);
+                        println!("{}\t{}{}", clip.id, language_note(&t.language, t.language_prob), t.text);
                     }
                 }
             }
             Runner::Mixture(m) => {
                 for (clip, r) in clips.iter().zip(m.transcribe_examples(&refs, &opts, None)?) {
                     if args.json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"file": clip.id, "text": r.text, "expert": r.expert, "probs": r.probs})
-                        );
+                        let mut j =
+                            serde_json::json!({"file": clip.id, "text": r.text, "expert": r.expert, "probs": r.probs});
+                        if let Some(l) = &r.language {
+                            j["language"] = l.as_str().into();
+                            j["language_prob"] = r.language_prob.map(|p| p as f64).into();
+                        }
+                        println!("{j}");
                     } else {
                         let p: Vec<String> = r.probs.iter().map(|p| format!("{p:.3}")).collect();
-                        println!("{}\t{}\texpert {} (p = {})", clip.id, r.text, r.expert, p.join(" "));
+                        let lang = language_note(&r.language, r.language_prob);
+                        println!("{}\t{lang}{}\texpert {} (p = {})", clip.id, r.text, r.expert, p.join(" "));
                     }
                 }
             }
         }
     }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// "[de 0.95] " before a detected language's text, "[de] " before a given one, nothing for
+/// English-only checkpoints.
+fn language_note(language: &Option<String>, prob: Option<f32>) -> String {
+    match (language, prob) {
+        (Some(l), Some(p)) => format!("[{l} {p:.2}] "),
+        (Some(l), None) => format!("[{l}] "),
+        (None, _) => String::new(),
+    }
 }
 
 fn print_summary(results: &[(String, Outcome)], dry_run: bool) {

@@ -109,6 +109,8 @@ pub struct Dataset {
 }
 
 const TEXT_COLUMNS: [&str; 3] = ["transcription", "text", "sentence"];
+/// Columns naming an utterance's language (audiofolder / HF Parquet / NeMo), in order of preference.
+pub const LANGUAGE_COLUMNS: [&str; 3] = ["language", "locale", "lang"];
 
 impl Dataset {
     /// Open `metadata.csv` (or a directory holding one), a `.jsonl`/`.json` manifest, or a
@@ -165,6 +167,12 @@ impl Dataset {
 
     pub fn extra_columns(&self) -> &[String] {
         &self.extra
+    }
+
+    /// Index in [`Utterance::extra`] of the per-utterance language column (`language`, `locale`
+    /// or `lang`), if the dataset has one.
+    pub fn language_index(&self) -> Option<usize> {
+        LANGUAGE_COLUMNS.iter().find_map(|c| self.extra.iter().position(|e| e == c))
     }
 
     fn base_dir(&self) -> PathBuf {

@@ -70,6 +70,9 @@ pub struct Routed {
     pub text: String,
     pub expert: usize,
     pub probs: Vec<f32>,
+    /// The prompt's language (multilingual checkpoints) and, when detected, its probability.
+    pub language: Option<String>,
+    pub language_prob: Option<f32>,
 }
 
 impl Mixture {
@@ -153,9 +156,15 @@ impl Mixture {
             };
             let routes = self.route(chunk, Some(&mut *c))?;
             let experts: Vec<Option<usize>> = routes.top1().into_iter().map(Some).collect();
-            let texts = transcribe::transcribe(&self.ck, &self.model, chunk, &experts, opts, Some(c))?;
-            for (i, text) in texts.into_iter().enumerate() {
-                out.push(Routed { text, expert: experts[i].unwrap(), probs: routes.row(i).to_vec() });
+            let texts = transcribe::transcribe_detailed(&self.ck, &self.model, chunk, &experts, opts, Some(c))?;
+            for (i, t) in texts.into_iter().enumerate() {
+                out.push(Routed {
+                    text: t.text,
+                    expert: experts[i].unwrap(),
+                    probs: routes.row(i).to_vec(),
+                    language: t.language,
+                    language_prob: t.language_prob,
+                });
             }
         }
         Ok(out)

@@ -9,9 +9,9 @@ use burn::prelude::*;
 use crate::eval::EvalConfig;
 use crate::lora::Route;
 use crate::train::{EncoderCache, Example};
+use crate::whisper::Checkpoint;
 use crate::whisper::decode::{Decoded, generate};
 use crate::whisper::model::Whisper;
-use crate::whisper::{Checkpoint, Task};
 
 /// Encoder states [n, 1500, d] of `examples`, row i through expert `experts[i]` when adapters
 /// touch the encoder. Without encoder adapters the states are the base model's and come from
@@ -47,11 +47,16 @@ pub fn encode(
     }
 }
 
-/// Transcripts of encoder states `enc` [n, 1500, d] of `examples`, row i through expert
-/// `experts[i]` (None = the base model): greedy, with openai-whisper's safeguards when
-/// `opts.safeguards` are on (the token limit from each clip's duration; clips whose text
-/// repeats itself or whose average log-probability is too low decoded again at the next
-/// temperature, by sampling seeded from the clip's audio).
+/// One decoded clip: its text and the language of its prompt, with the probability when it was
+/// detected (multilingual checkpoints; None for English-only ones).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    pub language: Option<String>,
+    pub language_prob: Option<f32>,
+}
+
+/// Transcripts of encoder states `enc` [n, 1500, d] of `examples`: see [`decode_detailed`].
 pub fn decode(
     ck: &Checkpoint,
     model: &Whisper,
@@ -60,18 +65,59 @@ pub fn decode(
     experts: &[Option<usize>],
     opts: &EvalConfig,
 ) -> Result<Vec<String>> {
-    let prompt = ck.prompt(None, Task::Transcribe)?;
+    Ok(decode_detailed(ck, model, enc, examples, experts, opts)?.into_iter().map(|t| t.text).collect())
+}
+
+/// Transcripts of encoder states `enc` [n, 1500, d] of `examples`, row i through expert
+/// `experts[i]` (None = the base model): greedy, with openai-whisper's safeguards when
+/// `opts.safeguards` are on (the token limit from each clip's duration; clips whose text
+/// repeats itself or whose average log-probability is too low decoded again at the next
+/// temperature, by sampling seeded from the clip's audio). Each row's prompt has its example's
+/// language and task; a multilingual checkpoint detects the language of rows without one
+/// (through the row's expert, as transformers' `generate` does with the model it is given).
+pub fn decode_detailed(
+    ck: &Checkpoint,
+    model: &Whisper,
+    enc: Tensor<3>,
+    examples: &[&Example],
+    experts: &[Option<usize>],
+    opts: &EvalConfig,
+) -> Result<Vec<Transcript>> {
     let gopts = ck.greedy_options(opts.max_new_tokens);
     let route = model.has_adapters().then(|| Route::per_row(experts, &enc.device()));
+    let mut langs: Vec<(Option<String>, Option<f32>)> = examples.iter().map(|e| (e.language.clone(), None)).collect();
+    if ck.is_multilingual() && langs.iter().any(|(l, _)| l.is_none()) {
+        let found = ck.detect_language(model, enc.clone(), route.as_ref())?;
+        for ((l, p), d) in langs.iter_mut().zip(found) {
+            if l.is_none() {
+                *l = Some(d.code);
+                *p = Some(d.probability);
+            }
+        }
+    }
+    let prompts: Vec<Vec<u32>> =
+        examples.iter().zip(&langs).map(|(e, (l, _))| ck.prompt(l.as_deref(), e.task)).collect::<Result<_>>()?;
+    let plen = ck.prompt_len();
     let sg = &opts.safeguards;
     let limits: Vec<usize> = examples.iter().map(|e| sg.token_limit(e.audio.len(), opts.max_new_tokens)).collect();
-    let text = |d: &Decoded| -> Result<String> { Ok(ck.tokenizer.decode(&d.ids[prompt.len()..])?.trim().to_string()) };
+    let text = |d: &Decoded| -> Result<String> { Ok(ck.tokenizer.decode(&d.ids[plen..])?.trim().to_string()) };
     let first = if sg.enabled { sg.temperatures.first().copied().unwrap_or(0.0) } else { 0.0 };
     let seeds: Vec<u64> = examples.iter().map(|e| audio_seed(&e.audio)).collect();
-    let mut out = generate(model, enc.clone(), &prompt, &gopts, route.as_ref(), &limits, first, &seeds);
+    let mut out = generate(model, enc.clone(), &prompts, &gopts, route.as_ref(), &limits, first, &seeds);
     let mut texts: Vec<String> = out.iter().map(text).collect::<Result<_>>()?;
+    let finish = |texts: Vec<String>| -> Vec<Transcript> {
+        texts
+            .into_iter()
+            .zip(langs.iter())
+            .map(|(text, (l, p))| Transcript {
+                text,
+                language: if ck.is_multilingual() { l.clone() } else { None },
+                language_prob: *p,
+            })
+            .collect()
+    };
     if !sg.enabled {
-        return Ok(texts);
+        return Ok(finish(texts));
     }
     for &t in sg.temperatures.iter().skip(1) {
         let failing: Vec<usize> =
@@ -84,10 +130,11 @@ pub fn decode(
         let sub_route = route.as_ref().map(|r| r.select(idx.clone()));
         let sub_limits: Vec<usize> = failing.iter().map(|&i| limits[i]).collect();
         let sub_seeds: Vec<u64> = failing.iter().map(|&i| seeds[i] ^ t.to_bits()).collect();
+        let sub_prompts: Vec<Vec<u32>> = failing.iter().map(|&i| prompts[i].clone()).collect();
         let again = generate(
             model,
             enc.clone().select(0, idx),
-            &prompt,
+            &sub_prompts,
             &gopts,
             sub_route.as_ref(),
             &sub_limits,
@@ -99,7 +146,7 @@ pub fn decode(
             out[i] = d;
         }
     }
-    Ok(texts)
+    Ok(finish(texts))
 }
 
 /// A seed from a clip's audio: the same clip samples the same way wherever it is decoded.
@@ -119,13 +166,25 @@ pub fn transcribe(
     examples: &[&Example],
     experts: &[Option<usize>],
     opts: &EvalConfig,
-    mut cache: Option<&mut EncoderCache>,
+    cache: Option<&mut EncoderCache>,
 ) -> Result<Vec<String>> {
+    Ok(transcribe_detailed(ck, model, examples, experts, opts, cache)?.into_iter().map(|t| t.text).collect())
+}
+
+/// [`transcribe`] with each clip's language (see [`decode_detailed`]).
+pub fn transcribe_detailed(
+    ck: &Checkpoint,
+    model: &Whisper,
+    examples: &[&Example],
+    experts: &[Option<usize>],
+    opts: &EvalConfig,
+    mut cache: Option<&mut EncoderCache>,
+) -> Result<Vec<Transcript>> {
     let b = opts.batch_size.max(1);
     let mut out = Vec::with_capacity(examples.len());
     for (chunk, ex) in examples.chunks(b).zip(experts.chunks(b)) {
         let enc = encode(ck, model, chunk, ex, cache.as_deref_mut());
-        out.extend(decode(ck, model, enc, chunk, ex, opts)?);
+        out.extend(decode_detailed(ck, model, enc, chunk, ex, opts)?);
     }
     Ok(out)
 }

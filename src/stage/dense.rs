@@ -16,7 +16,7 @@ use super::joint::JointSummary;
 use crate::artifacts::standard_metadata;
 use crate::artifacts::table::Table;
 use crate::dataset::Dataset;
-use crate::train::{Example, Row, examples_from_dataset, train};
+use crate::train::{Example, Prompting, Row, examples_from_dataset, train};
 
 /// Inputs and outputs of stage dense.
 #[derive(clap::Args, Debug, Clone)]
@@ -31,6 +31,9 @@ pub struct DensePaths {
     /// The joint stage's output (its optimizer steps count toward the budget).
     #[arg(long)]
     pub joint: PathBuf,
+    /// The embed stage's output, for the languages it detected (multilingual checkpoints).
+    #[arg(long)]
+    pub embeddings: Option<PathBuf>,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -88,7 +91,10 @@ impl Stage for Dense {
         let val = g.split("val");
         let ds = Dataset::open(&paths.base.dataset, &p.columns)?;
         let wanted: HashSet<String> = train_ids.iter().chain(&val).map(|(_, id)| id.to_string()).collect();
-        let by_id = examples_from_dataset(&ck, &ds, &wanted, p.train.leading_space, p.language.as_deref())?;
+        let detected = super::experts::detected_languages(paths.embeddings.as_deref())?;
+        let prompting =
+            Prompting { language: p.language.as_deref(), detected: Some(&detected), task: p.task, decode_only: false };
+        let by_id = examples_from_dataset(&ck, &ds, &wanted, p.train.leading_space, prompting)?;
         let examples: Vec<Example> = train_ids.iter().chain(&val).map(|(_, id)| by_id[*id].clone()).collect();
         let rows: Vec<Row> = (0..train_ids.len()).map(|i| Row { example: i, expert: Some(0), weight: 1.0 }).collect();
         let val_rows: Vec<(usize, Option<usize>)> = (0..val.len()).map(|i| (train_ids.len() + i, Some(0))).collect();

@@ -149,6 +149,10 @@ fn prepare(u: &Utterance, ck: &Checkpoint, p: &EmbedParams) -> std::result::Resu
     Ok(Prepared { utt: u.clone(), samples: d.samples.len(), features: ck.features(&d.samples) })
 }
 
+/// Columns the embed stage adds when it detects languages: the Whisper code and its
+/// probability (text, six decimals, like every column carried from a dataset).
+pub const DETECTED_COLUMNS: [&str; 2] = ["language", "language_prob"];
+
 /// Embed every row of `ds` (or the shard's slice) into `paths.out`; rejected rows go to
 /// `paths.rejected`.
 pub fn embed(ck: &Checkpoint, ds: &Dataset, p: &EmbedParams, paths: &EmbedPaths) -> Result<EmbedSummary> {
@@ -160,7 +164,14 @@ pub fn embed(ck: &Checkpoint, ds: &Dataset, p: &EmbedParams, paths: &EmbedPaths)
     meta.insert("layer".into(), layer.to_string());
     meta.insert("model".into(), paths.model.clone());
     meta.insert("dataset".into(), ds.path.display().to_string());
-    let extra = ds.extra_columns().to_vec();
+    let mut extra = ds.extra_columns().to_vec();
+    // A multilingual checkpoint and no language column: detect each utterance's language once,
+    // here, so every later stage prompts with the same one.
+    let detect = ck.is_multilingual() && ds.language_index().is_none();
+    if detect {
+        extra.extend(DETECTED_COLUMNS.map(String::from));
+        meta.insert("language".into(), "detected (transformers' detect_language)".into());
+    }
     let mut writer = DatasetWriter::create(&paths.out, Embeddings::schema(dim, &extra), &meta, paths.shard)?;
     let mut rejected = Rejected::default();
     let mut progress = Progress::new("embed", range.len());
@@ -184,7 +195,7 @@ pub fn embed(ck: &Checkpoint, ds: &Dataset, p: &EmbedParams, paths: &EmbedPaths)
             }
         }
         if !ready.is_empty() {
-            writer.write(&embed_batch(ck, &mut ready, layer, p.pooling, &extra, dim)?.to_batch()?)?;
+            writer.write(&embed_batch(ck, &mut ready, layer, p.pooling, &extra, detect, dim)?.to_batch()?)?;
             embedded += ready.len();
         }
         progress.inc(chunk.len());
@@ -223,11 +234,21 @@ fn embed_batch(
     layer: usize,
     pooling: Pooling,
     extra: &[String],
+    detect: bool,
     dim: usize,
 ) -> Result<Embeddings> {
     let feats: Vec<Vec<f32>> = ready.iter_mut().map(|r| std::mem::take(&mut r.features)).collect();
     let samples: Vec<usize> = ready.iter().map(|r| r.samples).collect();
-    let (pooled, _) = embed_features(ck, &feats, &samples, layer, pooling);
+    let (pooled, states) = embed_features(ck, &feats, &samples, layer, pooling);
+    let mut columns: Vec<Vec<Option<String>>> = Vec::new();
+    if detect {
+        let enc =
+            if layer >= ck.config.encoder_layers { states } else { ck.model.encoder.forward_from(states, layer, None) };
+        let found = ck.detect_language(&ck.model, enc, None)?;
+        columns.push(found.iter().map(|d| Some(d.code.clone())).collect());
+        columns.push(found.iter().map(|d| Some(format!("{:.6}", d.probability))).collect());
+    }
+    let from_dataset = extra.len() - columns.len();
     Ok(Embeddings {
         ids: ready.iter().map(|r| r.utt.id.clone()).collect(),
         audio_paths: ready.iter().map(|r| r.utt.audio_path.clone()).collect(),
@@ -236,7 +257,13 @@ fn embed_batch(
         extra: extra
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.clone(), ready.iter().map(|r| r.utt.extra[i].clone()).collect()))
+            .map(|(i, n)| {
+                let values = match i.checked_sub(from_dataset) {
+                    Some(j) => columns[j].clone(),
+                    None => ready.iter().map(|r| r.utt.extra[i].clone()).collect(),
+                };
+                (n.clone(), values)
+            })
             .collect(),
         dim,
         values: pooled.into_data().try_into_vec_as()?,

@@ -24,11 +24,11 @@ use crate::eval::wer::{Score, score};
 use crate::lora::LoraConfig;
 use crate::mixture::transcribe::transcribe;
 use crate::train::{
-    EncoderCache, EpochInfo, Example, Row, StepInfo, TrainConfig, TrainTask, examples_from_dataset, train,
+    EncoderCache, EpochInfo, Example, Prompting, Row, StepInfo, TrainConfig, TrainTask, examples_from_dataset, train,
     weighted_loss,
 };
-use crate::whisper::Checkpoint;
 use crate::whisper::model::Whisper;
+use crate::whisper::{Checkpoint, Task};
 
 crate::params! {
     /// Parameters of the experts stage (and of the dense baseline, which trains the same way).
@@ -38,7 +38,11 @@ crate::params! {
         /// With soft cluster probabilities, an utterance trains its top-k clusters' experts.
         pub assign_top_k: usize = 1,
         pub device: String = "cpu".into(),
+        /// Language of every utterance's prompt when the dataset has no language column; None:
+        /// the language the embed stage detected (multilingual checkpoints; needs --embeddings).
         pub language: Option<String> = None,
+        /// transcribe, or translate (into English; the dataset's text is then the translation).
+        pub task: Task = Task::Transcribe,
         pub eval: EvalConfig = EvalConfig::default(),
         pub columns: Columns = Columns::default(),
     }
@@ -52,6 +56,9 @@ pub struct ExpertsPaths {
     /// The cluster stage's output (clusters/, splits/).
     #[arg(long)]
     pub clusters: PathBuf,
+    /// The embed stage's output, for the languages it detected (multilingual checkpoints).
+    #[arg(long)]
+    pub embeddings: Option<PathBuf>,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -135,7 +142,7 @@ impl Stage for Experts {
         let (ck, g) = super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, true)?;
         let dev = ck.device.clone();
         let k = g.experts();
-        let data = ExpertData::gather(&ck, &g, &paths.base.dataset, p)?;
+        let data = ExpertData::gather(&ck, &g, &paths.base.dataset, paths.embeddings.as_deref(), p)?;
         eprintln!(
             "experts: {k} experts, {} training rows {:?}, {} val utterances",
             data.rows.len(),
@@ -195,6 +202,14 @@ impl Stage for Experts {
     }
 }
 
+/// The languages the embed stage detected, by id (none without `--embeddings`).
+pub fn detected_languages(embeddings: Option<&Path>) -> Result<HashMap<String, String>> {
+    match embeddings {
+        Some(path) => Ok(crate::artifacts::Embeddings::read(path)?.0.languages()),
+        None => Ok(HashMap::new()),
+    }
+}
+
 /// The utterances of expert pretraining: examples (pretrain first, then val), the training
 /// rows and the val rows with the expert of their cluster.
 pub struct ExpertData {
@@ -205,7 +220,13 @@ pub struct ExpertData {
 }
 
 impl ExpertData {
-    fn gather(ck: &Checkpoint, g: &Grouping, dataset: &Path, p: &ExpertsParams) -> Result<ExpertData> {
+    fn gather(
+        ck: &Checkpoint,
+        g: &Grouping,
+        dataset: &Path,
+        embeddings: Option<&Path>,
+        p: &ExpertsParams,
+    ) -> Result<ExpertData> {
         let pretrain = g.split("expert_pretrain");
         let val = g.split("val");
         if pretrain.is_empty() {
@@ -213,7 +234,10 @@ impl ExpertData {
         }
         let ds = Dataset::open(dataset, &p.columns)?;
         let wanted: HashSet<String> = pretrain.iter().chain(&val).map(|(_, id)| id.to_string()).collect();
-        let by_id = examples_from_dataset(ck, &ds, &wanted, p.train.leading_space, p.language.as_deref())?;
+        let detected = detected_languages(embeddings)?;
+        let prompting =
+            Prompting { language: p.language.as_deref(), detected: Some(&detected), task: p.task, decode_only: false };
+        let by_id = examples_from_dataset(ck, &ds, &wanted, p.train.leading_space, prompting)?;
         let mut examples = Vec::new();
         let mut index = HashMap::new();
         for (_, id) in pretrain.iter().chain(&val) {

@@ -24,8 +24,10 @@ use crate::mixture::transcribe::transcribe;
 use crate::mixture::{MixtureConfig, Router, RouterKind};
 use crate::routing::gate::Gate;
 use crate::routing::joint::{JointData, JointModel, LogRow, RoutingParams, batch_loss, epoch_row};
-use crate::train::{EncoderCache, EpochInfo, Example, StepInfo, TrainConfig, TrainTask, examples_from_dataset, train};
-use crate::whisper::Checkpoint;
+use crate::train::{
+    EncoderCache, EpochInfo, Example, Prompting, StepInfo, TrainConfig, TrainTask, examples_from_dataset, train,
+};
+use crate::whisper::{Checkpoint, Task};
 
 crate::params! {
     pub struct JointParams {
@@ -37,7 +39,11 @@ crate::params! {
         pub eval_every_n_epochs: usize = 1,
         pub eval: EvalConfig = EvalConfig::default(),
         pub device: String = "cpu".into(),
+        /// Language of every utterance's prompt when the dataset has no language column; None:
+        /// the language the embed stage detected (multilingual checkpoints).
         pub language: Option<String> = None,
+        /// transcribe, or translate (into English; the dataset's text is then the translation).
+        pub task: Task = Task::Transcribe,
         pub columns: Columns = Columns::default(),
         /// What routes the saved mixture at inference: `gate` (trained here) or `centroid`
         /// (the nearest cluster centre; both are saved, so evaluate can compare them).
@@ -194,7 +200,10 @@ fn joint_data(
     }
     let ds = Dataset::open(&paths.base.dataset, &p.columns)?;
     let wanted: HashSet<String> = train_ids.iter().chain(&val_ids).map(|(_, id)| id.to_string()).collect();
-    let by_id = examples_from_dataset(ck, &ds, &wanted, p.train.leading_space, p.language.as_deref())?;
+    let detected = emb.languages();
+    let prompting =
+        Prompting { language: p.language.as_deref(), detected: Some(&detected), task: p.task, decode_only: false };
+    let by_id = examples_from_dataset(ck, &ds, &wanted, p.train.leading_space, prompting)?;
     let emb_row: HashMap<&str, usize> = emb.ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
     let mut examples = Vec::new();
     let mut embeddings = Vec::new();

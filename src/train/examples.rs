@@ -10,26 +10,48 @@ use crate::dataset::Dataset;
 use crate::whisper::{Checkpoint, Task};
 
 /// One utterance ready for training: 16-kHz audio and its token sequence
-/// (prompt + transcript + <|endoftext|>).
-#[derive(Debug, Clone)]
+/// (prompt + transcript + <|endoftext|>), and what its prompts say.
+#[derive(Debug, Clone, Default)]
 pub struct Example {
     pub id: String,
     pub audio: Vec<f32>,
     pub tokens: Vec<u32>,
     pub text: String,
+    /// The utterance's language (a Whisper code); None: detected when decoding (multilingual
+    /// checkpoints) or English.
+    pub language: Option<String>,
+    pub task: Task,
 }
 
 impl Example {
     /// A clip to transcribe: audio without a transcript.
     pub fn clip(id: impl Into<String>, audio: Vec<f32>) -> Example {
-        Example { id: id.into(), audio, tokens: Vec::new(), text: String::new() }
+        Example { id: id.into(), audio, ..Default::default() }
     }
+}
+
+/// Where each utterance's language comes from, first match wins: the dataset's language column,
+/// the stage's `language` parameter, the language the embed stage detected (by id).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prompting<'a> {
+    pub language: Option<&'a str>,
+    pub detected: Option<&'a HashMap<String, String>>,
+    pub task: Task,
+    /// Examples to decode, not to train on: a multilingual utterance with no language keeps
+    /// none (it is detected when decoded) and gets no token sequence.
+    pub decode_only: bool,
 }
 
 /// prompt + tokens of the transcript (with a leading space, as Whisper generates text, unless
 /// `leading_space` is false) + <|endoftext|>.
-pub fn tokens_for(ck: &Checkpoint, text: &str, leading_space: bool, language: Option<&str>) -> Result<Vec<u32>> {
-    let mut t = ck.prompt(language, Task::Transcribe)?;
+pub fn tokens_for(
+    ck: &Checkpoint,
+    text: &str,
+    leading_space: bool,
+    language: Option<&str>,
+    task: Task,
+) -> Result<Vec<u32>> {
+    let mut t = ck.prompt(language, task)?;
     let text = text.trim();
     let text = if leading_space { format!(" {text}") } else { text.to_string() };
     t.extend(ck.tokenizer.encode(&text)?);
@@ -47,8 +69,9 @@ pub fn examples_from_dataset(
     ds: &Dataset,
     ids: &HashSet<String>,
     leading_space: bool,
-    language: Option<&str>,
+    prompting: Prompting,
 ) -> Result<HashMap<String, Example>> {
+    let lang_col = ds.language_index();
     let rows: Vec<_> = ds
         .iter(0..ds.len())
         .filter(|r| r.as_ref().map(|u| ids.contains(&u.id)).unwrap_or(true))
@@ -59,8 +82,26 @@ pub fn examples_from_dataset(
             let d = u.decode().with_context(|| u.describe(ds))?;
             let d = crate::audio::to_16k(d, &u.audio_path)?;
             let text = u.text.clone().unwrap_or_default();
-            let tokens = tokens_for(ck, &text, leading_space, language).with_context(|| u.describe(ds))?;
-            Ok(Example { id: u.id.clone(), audio: d.samples, tokens, text })
+            let language = match lang_col.and_then(|i| u.extra[i].as_deref()).filter(|l| !l.trim().is_empty()) {
+                Some(l) => Some(crate::whisper::language::code(l).with_context(|| u.describe(ds))?),
+                None => prompting
+                    .language
+                    .map(str::to_string)
+                    .or_else(|| prompting.detected.and_then(|m| m.get(&u.id).cloned())),
+            };
+            if language.is_none() && ck.is_multilingual() {
+                if prompting.decode_only {
+                    return Ok(Example { id: u.id.clone(), audio: d.samples, text, task: prompting.task, ..Default::default() });
+                }
+                bail!(
+                    "{}: no language for this utterance (a multilingual checkpoint's prompt needs one: give the dataset \
+                     a `language` column, set the stage's `language`, or let the embed stage detect it)",
+                    u.describe(ds)
+                );
+            }
+            let tokens = tokens_for(ck, &text, leading_space, language.as_deref(), prompting.task)
+                .with_context(|| u.describe(ds))?;
+            Ok(Example { id: u.id.clone(), audio: d.samples, tokens, text, language, task: prompting.task })
         })
         .collect();
     let mut map = HashMap::new();

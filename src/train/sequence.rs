@@ -200,7 +200,7 @@ pub fn packed_losses(
     train: bool,
 ) -> Tensor<1> {
     let device = model.decoder.embed_tokens.val().device();
-    let prompt_len = ck.prompt(None, crate::whisper::Task::Transcribe).map(|p| p.len()).unwrap_or(1);
+    let prompt_len = ck.prompt_len();
     let windows = pack(examples, rows, prompt_len, ck.config.max_target_positions + 1);
     let mut feats = Vec::with_capacity(windows.len());
     let mut seqs: Vec<Vec<u32>> = Vec::with_capacity(windows.len());

@@ -337,7 +337,10 @@ pub fn import_dir(ct2_dir: &Path, out: &Path) -> Result<()> {
         generation["lang_to_id"] = Value::Object(langs);
         generation["task_to_id"] =
             json!({"transcribe": token_id("<|transcribe|>"), "translate": token_id("<|translate|>")});
-        generation["forced_decoder_ids"] = json!(null);
+        // As openai's multilingual checkpoints on the Hub: with no language given, generate()
+        // detects it and puts it at position 1, <|transcribe|> at 2.
+        generation["forced_decoder_ids"] = json!([[1, null], [2, token_id("<|transcribe|>")]]);
+        generation["max_initial_timestamp_index"] = json!(50);
     }
     std::fs::write(out.join("generation_config.json"), serde_json::to_string_pretty(&generation)? + "\n")?;
 

@@ -58,10 +58,24 @@ pub fn greedy(
     opts: &GreedyOptions,
     route: Option<&Route>,
 ) -> Vec<Vec<u32>> {
-    generate(model, enc, prompt, opts, route, &[], 0.0, &[]).into_iter().map(|d| d.ids).collect()
+    let prompts = vec![prompt.to_vec(); enc.dims()[0]];
+    generate(model, enc, &prompts, opts, route, &[], 0.0, &[]).into_iter().map(|d| d.ids).collect()
 }
 
-/// Decode every row of `enc` [b, 1500, d] from `prompt`: greedy at temperature 0, otherwise
+/// The decoder's logits after <|startoftranscript|> at `ids` (the language tokens), per row of
+/// `enc` [b, 1500, d]: what language detection reads.
+pub fn language_logits(model: &Whisper, enc: Tensor<3>, sot: u32, ids: &[u32], route: Option<&Route>) -> Vec<Vec<f32>> {
+    let device = enc.device();
+    let [b, _, _] = enc.dims();
+    let mut cache = model.decoder.new_cache(enc, route);
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(vec![sot as i64; b], [b, 1]), &device);
+    let vocab = model.config.vocab_size;
+    let logits: Vec<f32> =
+        model.decoder.forward_cached(tokens, &mut cache, route).into_data().try_into_vec_as().expect("logits");
+    (0..b).map(|i| ids.iter().map(|&id| logits[i * vocab + id as usize]).collect()).collect()
+}
+
+/// Decode row i of `enc` [b, 1500, d] from `prompts[i]` (prompts of one length): greedy at temperature 0, otherwise
 /// sampling from softmax(logits / temperature) with one seeded stream per row (`seeds[i]`).
 /// Row i stops at EOT or after `limits[i]` new tokens (`opts.max_new_tokens` when `limits` is
 /// empty; never more than the decoder's positions allow).
@@ -69,7 +83,7 @@ pub fn greedy(
 pub fn generate(
     model: &Whisper,
     enc: Tensor<3>,
-    prompt: &[u32],
+    prompts: &[Vec<u32>],
     opts: &GreedyOptions,
     route: Option<&Route>,
     limits: &[usize],
@@ -78,8 +92,11 @@ pub fn generate(
 ) -> Vec<Decoded> {
     let device = enc.device();
     let [b, _, _] = enc.dims();
+    assert_eq!(prompts.len(), b, "one prompt per row");
+    let plen = prompts.first().map_or(0, Vec::len);
+    assert!(prompts.iter().all(|p| p.len() == plen), "prompts of one length");
     let vocab = model.config.vocab_size;
-    let room = model.config.max_target_positions.saturating_sub(prompt.len());
+    let room = model.config.max_target_positions.saturating_sub(plen);
     let limit: Vec<usize> = (0..b)
         .map(|i| limits.get(i).copied().unwrap_or(opts.max_new_tokens).min(opts.max_new_tokens).min(room))
         .collect();
@@ -91,11 +108,12 @@ pub fn generate(
     let mut rngs: Vec<ChaCha8Rng> =
         (0..b).map(|i| ChaCha8Rng::seed_from_u64(seeds.get(i).copied().unwrap_or(i as u64))).collect();
 
-    let mut out: Vec<Decoded> = vec![Decoded { ids: prompt.to_vec(), sum_logprob: 0.0, tokens: 0 }; b];
+    let mut out: Vec<Decoded> =
+        prompts.iter().map(|p| Decoded { ids: p.clone(), sum_logprob: 0.0, tokens: 0 }).collect();
     let mut done: Vec<bool> = limit.iter().map(|&l| l == 0).collect();
     let mut cache = model.decoder.new_cache(enc, route);
-    let ids: Vec<i64> = (0..b).flat_map(|_| prompt.iter().map(|&t| t as i64)).collect();
-    let mut tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, prompt.len()]), &device);
+    let ids: Vec<i64> = prompts.iter().flat_map(|p| p.iter().map(|&t| t as i64)).collect();
+    let mut tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, plen]), &device);
     for step in 0..steps {
         if done.iter().all(|&d| d) {
             break;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod ct2;
 pub mod decode;
 pub mod kernels;
+pub mod language;
 pub mod model;
 pub mod peft;
 pub mod source;
@@ -42,6 +43,14 @@ pub fn device(spec: &str) -> Result<Device> {
         }
         other => anyhow::bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
     }
+}
+
+/// A detected language: its code, token id and probability.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Detected {
+    pub code: String,
+    pub id: u32,
+    pub probability: f32,
 }
 
 /// A loaded checkpoint: model, tokenizer, front-end and what generation needs.
@@ -105,6 +114,60 @@ impl Checkpoint {
 
     pub fn prompt(&self, language: Option<&str>, task: Task) -> Result<Vec<u32>> {
         self.tokenizer.prompt(self.is_multilingual(), language, task)
+    }
+
+    pub fn prompt_len(&self) -> usize {
+        self.tokenizer.prompt_len(self.is_multilingual())
+    }
+
+    /// The language tokens (code, id) in id order: the checkpoint's `lang_to_id`, or every
+    /// `<|xx|>` of [`language::LANGUAGES`] the tokenizer has. Empty for English-only checkpoints.
+    pub fn language_tokens(&self) -> Vec<(String, u32)> {
+        if !self.is_multilingual() {
+            return Vec::new();
+        }
+        let mut out: Vec<(String, u32)> = match &self.generation.lang_to_id {
+            Some(m) => {
+                m.iter().map(|(t, &id)| (t.trim_start_matches("<|").trim_end_matches("|>").to_string(), id)).collect()
+            }
+            None => language::LANGUAGES
+                .iter()
+                .filter_map(|(c, _)| self.tokenizer.token_id(&format!("<|{c}|>")).map(|id| (c.to_string(), id)))
+                .collect(),
+        };
+        out.sort_by_key(|&(_, id)| id);
+        out
+    }
+
+    /// The language of every row of `enc` [b, 1500, d], as transformers'
+    /// `WhisperForConditionalGeneration.detect_language`: one decoder step on
+    /// <|startoftranscript|>, every logit but the language tokens' set to -inf, the argmax;
+    /// the probability is the softmax over the language tokens (openai-whisper's
+    /// `detect_language`). `route` picks each row's adapter, as in decoding.
+    pub fn detect_language(
+        &self,
+        model: &Whisper,
+        enc: Tensor<3>,
+        route: Option<&crate::lora::Route>,
+    ) -> Result<Vec<Detected>> {
+        let langs = self.language_tokens();
+        if langs.is_empty() {
+            anyhow::bail!("{} is English-only: it has no language tokens to detect with", self.dir.display());
+        }
+        let ids: Vec<u32> = langs.iter().map(|&(_, id)| id).collect();
+        let logits = decode::language_logits(model, enc, self.tokenizer.sot, &ids, route);
+        Ok(logits
+            .iter()
+            .map(|row| {
+                let (best, _) = row
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |acc, (i, &x)| if x > acc.1 { (i, x) } else { acc });
+                let max = row[best] as f64;
+                let total: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+                Detected { code: langs[best].0.clone(), id: langs[best].1, probability: (1.0 / total) as f32 }
+            })
+            .collect())
     }
 
     pub fn greedy_options(&self, max_new_tokens: usize) -> GreedyOptions {

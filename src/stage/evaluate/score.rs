@@ -12,6 +12,10 @@ use crate::artifacts::table::Table;
 use crate::eval::report::{Confusion, RoutingSummary, SystemResult};
 use crate::eval::wer::{Score, score};
 
+/// The group of per-language scores (utterances whose language is known: the dataset's column,
+/// the stage's `language`, or what the embed stage detected).
+pub const LANGUAGE: &str = "language";
+
 /// Scores of every run.
 pub struct Scored {
     /// One row per (system, split, utterance).
@@ -38,6 +42,10 @@ pub fn score_runs(inp: &Inputs, runs: &[Run], p: &EvaluateParams) -> Result<Scor
             for (col, value) in &inp.labels[*i] {
                 *groups.entry(col.clone()).or_default().entry(value.clone()).or_default() += s;
             }
+            // (unless a group column of the dataset is already called `language`)
+            if let Some(l) = ex.language.as_ref().filter(|_| !inp.labels[*i].contains_key(LANGUAGE)) {
+                *groups.entry(LANGUAGE.into()).or_default().entry(l.clone()).or_default() += s;
+            }
             let label = p.label_column.as_ref().and_then(|c| inp.labels[*i].get(c));
             predictions.push(vec![
                 ("system", run.system.as_str().into()),
@@ -48,6 +56,7 @@ pub fn score_runs(inp: &Inputs, runs: &[Run], p: &EvaluateParams) -> Result<Scor
                 ("expert", e.map(|x| x as i64).into()),
                 ("cluster", (cluster as i64).into()),
                 ("label", label.cloned().into()),
+                ("language", ex.language.clone().into()),
                 ("substitutions", (s.words.substitutions as i64).into()),
                 ("insertions", (s.words.insertions as i64).into()),
                 ("deletions", (s.words.deletions as i64).into()),

@@ -13,38 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use whisper_moe::audio::write_wav_i16;
-use whisper_moe::whisper::testing::{WORDS, domain_tone as tone, tiny_demo_manifest, write_checkpoint};
+use whisper_moe::whisper::testing::{artifact_hashes, tiny_workspace};
 
 /// The workspace: data, held-out set, tiny model and the demo manifest with short training.
 fn fixture(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir.join("data/audio")).unwrap();
-    std::fs::create_dir_all(dir.join("heldout")).unwrap();
-    write_checkpoint(&dir.join("tiny-model"), 21, &[], &[]).unwrap();
-    let mut csv = String::from("file_name,transcription,domain\n");
-    let mut jsonl = String::new();
-    for kind in 0..3 {
-        for i in 0..10 {
-            let words: Vec<&str> = (0..3 + i % 3).map(|w| WORDS[(kind * 7 + i * 3 + w) % WORDS.len()]).collect();
-            if i < 8 {
-                let f = format!("audio/d{kind}_{i}.wav");
-                write_wav_i16(&dir.join("data").join(&f), &[tone(kind, i)], 16_000).unwrap();
-                csv.push_str(&format!("{f},{},domain{kind}\n", words.join(" ")));
-            } else {
-                let f = format!("h{kind}_{i}.wav");
-                write_wav_i16(&dir.join("heldout").join(&f), &[tone(kind, i)], 16_000).unwrap();
-                let line = serde_json::json!({"audio_filepath": f, "text": words.join(" "), "domain": format!("domain{kind}")});
-                jsonl.push_str(&format!("{line}\n"));
-            }
-        }
-    }
-    std::fs::write(dir.join("data/metadata.csv"), csv).unwrap();
-    std::fs::write(dir.join("heldout/manifest.jsonl"), jsonl).unwrap();
     let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
     // Three expert epochs (the e2e test takes one): checkpoints to resume from.
-    let manifest = tiny_demo_manifest(&manifest, 3);
-    std::fs::write(dir.join("pipeline.yaml"), manifest).unwrap();
+    tiny_workspace(dir, &manifest, 3).unwrap();
 }
 
 fn bin_dir() -> PathBuf {
@@ -67,43 +42,8 @@ fn start(dir: &Path, log: &Path) -> std::process::Child {
         .unwrap()
 }
 
-/// Every file under artifacts/ with its bytes' hash.
 fn files(dir: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, p: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(p).unwrap().flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let mut bytes = std::fs::read(&path).unwrap();
-                if path.extension().is_some_and(|e| e == "json")
-                    && let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes)
-                {
-                    drop_timing(&mut v);
-                    bytes = serde_json::to_vec(&v).unwrap();
-                }
-                out.insert(
-                    path.strip_prefix(root).unwrap().display().to_string(),
-                    blake3::hash(&bytes).to_hex().to_string(),
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, &dir.join("artifacts"), &mut out);
-    out
-}
-
-/// Timing fields (`seconds`, `*_seconds`) are the only bytes allowed to differ.
-fn drop_timing(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(o) => {
-            o.retain(|k, _| k != "seconds" && !k.ends_with("_seconds"));
-            o.values_mut().for_each(drop_timing);
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_timing),
-        _ => {}
-    }
+    artifact_hashes(dir).unwrap()
 }
 
 /// A tiny xorshift for the kill times (reproducible with the seed).
@@ -118,16 +58,7 @@ impl Rng {
 }
 
 fn running_stage(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut current: Option<String> = None;
-    for l in text.lines() {
-        if let Some(rest) = l.strip_prefix("▶ running ") {
-            current = rest.split(' ').next().map(str::to_string);
-        } else if l.starts_with("✓ ") {
-            current = None;
-        }
-    }
-    current.unwrap_or_else(|| "between stages".into())
+    whisper_moe::whisper::testing::running_stage(&std::fs::read_to_string(log).unwrap_or_default())
 }
 
 fn main() {

@@ -163,6 +163,11 @@ impl CheckpointDir {
     }
 }
 
+/// A kill test's hook: with this variable set, a training stage dies (SIGABRT, as a `kill`)
+/// right after writing its last checkpoint, before it writes any output; the next run must
+/// resume from there to what an uninterrupted run writes (tests/resume.rs).
+pub const ABORT_AFTER_LAST_CHECKPOINT: &str = "WHISPER_MOE_ABORT_AFTER_LAST_CHECKPOINT";
+
 /// Train `model` on `task`. A checkpoint in `ckpt` with the same `fingerprint` is resumed
 /// (a finished one returns at once); checkpoints go there every `save_every_n_epochs` epochs
 /// and after the last one.
@@ -212,6 +217,13 @@ where
                 task: exact_floats::encode(task.state()?),
             };
             dir.write(&model, best.as_ref(), &opt, &state)?;
+            if last && std::env::var_os(ABORT_AFTER_LAST_CHECKPOINT).is_some() {
+                eprintln!(
+                    "{ABORT_AFTER_LAST_CHECKPOINT} is set: aborting after the last checkpoint in {}",
+                    dir.0.display()
+                );
+                std::process::abort();
+            }
         }
     }
     Ok(Trained { model, best, steps: opt.step, epochs, stopped_early })

@@ -258,3 +258,87 @@ pub fn tiny_demo_manifest(demo: &str, expert_epochs: usize) -> String {
         .replace("min_cluster_size: 10", "min_cluster_size: 2")
         .replace(r"encoder\.layers\.3", r"encoder\.layers\.1")
 }
+
+/// A workspace for whole-pipeline runs on the tiny model: `data/` (three domains of
+/// [`domain_tone`] clips, 8 each, audiofolder), `heldout/` (2 each, NeMo JSONL), `tiny-model/`
+/// and `pipeline.yaml` (the repository's `demo` manifest through [`tiny_demo_manifest`]). The
+/// kill campaign and the resume test run in it.
+pub fn tiny_workspace(dir: &Path, demo: &str, expert_epochs: usize) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("data/audio"))?;
+    std::fs::create_dir_all(dir.join("heldout"))?;
+    write_checkpoint(&dir.join("tiny-model"), 21, &[], &[])?;
+    let mut csv = String::from("file_name,transcription,domain\n");
+    let mut jsonl = String::new();
+    for kind in 0..3 {
+        for i in 0..10 {
+            let words: Vec<&str> = (0..3 + i % 3).map(|w| WORDS[(kind * 7 + i * 3 + w) % WORDS.len()]).collect();
+            if i < 8 {
+                let f = format!("audio/d{kind}_{i}.wav");
+                crate::audio::write_wav_i16(&dir.join("data").join(&f), &[domain_tone(kind, i)], 16_000)?;
+                csv.push_str(&format!("{f},{},domain{kind}\n", words.join(" ")));
+            } else {
+                let f = format!("h{kind}_{i}.wav");
+                crate::audio::write_wav_i16(&dir.join("heldout").join(&f), &[domain_tone(kind, i)], 16_000)?;
+                let line = json!({"audio_filepath": f, "text": words.join(" "), "domain": format!("domain{kind}")});
+                jsonl.push_str(&format!("{line}\n"));
+            }
+        }
+    }
+    std::fs::write(dir.join("data/metadata.csv"), csv)?;
+    std::fs::write(dir.join("heldout/manifest.jsonl"), jsonl)?;
+    std::fs::write(dir.join("pipeline.yaml"), tiny_demo_manifest(demo, expert_epochs))?;
+    Ok(())
+}
+
+/// Every file under `dir/artifacts` with the blake3 of its bytes; JSON files without their
+/// timing fields (`seconds`, `*_seconds`), the only bytes two runs may differ in.
+pub fn artifact_hashes(dir: &Path) -> Result<BTreeMap<String, String>> {
+    fn walk(root: &Path, p: &Path, out: &mut BTreeMap<String, String>) -> Result<()> {
+        for e in std::fs::read_dir(p)? {
+            let path = e?.path();
+            if path.is_dir() {
+                walk(root, &path, out)?;
+                continue;
+            }
+            let mut bytes = std::fs::read(&path)?;
+            if path.extension().is_some_and(|e| e == "json")
+                && let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            {
+                drop_timing(&mut v);
+                bytes = serde_json::to_vec(&v)?;
+            }
+            let rel = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+            out.insert(rel, blake3::hash(&bytes).to_hex().to_string());
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, &dir.join("artifacts"), &mut out)?;
+    Ok(out)
+}
+
+fn drop_timing(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            o.retain(|k, _| k != "seconds" && !k.ends_with("_seconds"));
+            o.values_mut().for_each(drop_timing);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_timing),
+        _ => {}
+    }
+}
+
+/// The stage `pipeline run`'s output shows running last (`▶ running X` without its `✓`), or
+/// "between stages".
+pub fn running_stage(output: &str) -> String {
+    let mut current: Option<String> = None;
+    for l in output.lines() {
+        if let Some(rest) = l.strip_prefix("▶ running ") {
+            current = rest.split(' ').next().map(str::to_string);
+        } else if l.starts_with("✓ ") {
+            current = None;
+        }
+    }
+    current.unwrap_or_else(|| "between stages".into())
+}

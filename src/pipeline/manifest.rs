@@ -262,7 +262,18 @@ impl Manifest {
             let line = e.location().map(|l| l.line());
             let message = first_line(&e);
             let key = unknown_key_name(&message).unwrap_or_default();
-            err(line, &key, message)
+            // The parser notices an unclosed bracket or quote lines later: point at its opening.
+            match line.and_then(|l| unclosed_before(text, l)) {
+                Some((at, what)) if Some(at) != line => err(
+                    Some(at),
+                    &key,
+                    format!(
+                        "{what} opened here is not closed (the YAML parser noticed at line {}: {message})",
+                        line.unwrap()
+                    ),
+                ),
+                _ => err(line, &key, message),
+            }
         })?;
 
         let mut vars = IndexMap::new();
@@ -655,6 +666,53 @@ pub fn replace_path_token(cmd: &str, path: &str, with: &str) -> (String, bool) {
     (out, hit)
 }
 
+/// The last bracket (`[`, `{`) or quote still open when the YAML text reaches line `upto`
+/// (1-based, inclusive): (the line it opened on, what it is). Comments are skipped; block
+/// scalars are not understood (a hint for error messages, not a parser).
+fn unclosed_before(text: &str, upto: u64) -> Option<(u64, &'static str)> {
+    let mut open: Vec<(u64, char)> = Vec::new();
+    let mut quote: Option<(u64, char)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let n = i as u64 + 1;
+        if n > upto {
+            break;
+        }
+        let mut prev = ' ';
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match quote {
+                Some((_, '\'')) if c == '\'' => {
+                    if chars.peek() == Some(&'\'') {
+                        chars.next(); // '' inside single quotes
+                    } else {
+                        quote = None;
+                    }
+                }
+                Some((_, '"')) if c == '\\' => {
+                    chars.next();
+                }
+                Some((_, '"')) if c == '"' => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '#' if prev.is_whitespace() => break,
+                    '\'' | '"' if prev.is_whitespace() || matches!(prev, '[' | '{' | ',' | ':') => quote = Some((n, c)),
+                    '[' | '{' => open.push((n, c)),
+                    ']' | '}' => {
+                        open.pop();
+                    }
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+    }
+    match (quote, open.last()) {
+        (Some((n, c)), _) => Some((n, if c == '"' { "the `\"` quote" } else { "the `'` quote" })),
+        (None, Some(&(n, c))) => Some((n, if c == '[' { "the `[`" } else { "the `{`" })),
+        (None, None) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,6 +720,27 @@ mod tests {
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         let dir = std::env::temp_dir();
         Manifest::parse(text, Path::new("pipeline.yaml"), &dir, &[])
+    }
+
+    #[test]
+    fn unclosed_bracket_or_quote_is_reported_where_it_opens() {
+        let base =
+            "stages:\n  a:\n    cmd: make a\n    outs: [a, c]\n  b:\n    cmd: make b\n    deps: [a]\n    outs: [b]\n";
+        assert!(parse(base).is_ok());
+        let bracket = base.replace("outs: [a, c]", "outs: [a, c");
+        let e = parse(&bracket).unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.to_string().contains("the `[` opened here is not closed"), "{e}");
+        let quoted = base.replace("cmd: make a", "cmd: \"make a");
+        let e = parse(&quoted).unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().contains("quote opened here is not closed"), "{e}");
+        // Brackets and quotes in comments and in closed strings are not counted.
+        let fine = base.replace("cmd: make b", "cmd: 'make [b' # [ not this \"");
+        assert!(parse(&fine).is_ok());
+        let other = base.replace("    outs: [b]\n", "   outs: [b]\n");
+        let e = parse(&other).unwrap_err();
+        assert_eq!(e.line, Some(8), "an error that is not an unclosed bracket keeps the parser's line: {e}");
     }
 
     #[test]

@@ -56,18 +56,6 @@ pub struct Transcript {
     pub language_prob: Option<f32>,
 }
 
-/// Transcripts of encoder states `enc` [n, 1500, d] of `examples`: see [`decode_detailed`].
-pub fn decode(
-    ck: &Checkpoint,
-    model: &Whisper,
-    enc: Tensor<3>,
-    examples: &[&Example],
-    experts: &[Option<usize>],
-    opts: &EvalConfig,
-) -> Result<Vec<String>> {
-    Ok(decode_detailed(ck, model, enc, examples, experts, opts)?.into_iter().map(|t| t.text).collect())
-}
-
 /// Transcripts of encoder states `enc` [n, 1500, d] of `examples`, row i through expert
 /// `experts[i]` (None = the base model): greedy, with openai-whisper's safeguards when
 /// `opts.safeguards` are on (the token limit from each clip's duration; clips whose text
@@ -75,7 +63,7 @@ pub fn decode(
 /// temperature, by sampling seeded from the clip's audio). Each row's prompt has its example's
 /// language and task; a multilingual checkpoint detects the language of rows without one
 /// (through the row's expert, as transformers' `generate` does with the model it is given).
-pub fn decode_detailed(
+pub fn decode(
     ck: &Checkpoint,
     model: &Whisper,
     enc: Tensor<3>,
@@ -171,7 +159,7 @@ pub fn transcribe(
     Ok(transcribe_detailed(ck, model, examples, experts, opts, cache)?.into_iter().map(|t| t.text).collect())
 }
 
-/// [`transcribe`] with each clip's language (see [`decode_detailed`]).
+/// [`transcribe`] with each clip's language (see [`decode`]).
 pub fn transcribe_detailed(
     ck: &Checkpoint,
     model: &Whisper,
@@ -184,7 +172,7 @@ pub fn transcribe_detailed(
     let mut out = Vec::with_capacity(examples.len());
     for (chunk, ex) in examples.chunks(b).zip(experts.chunks(b)) {
         let enc = encode(ck, model, chunk, ex, cache.as_deref_mut());
-        out.extend(decode_detailed(ck, model, enc, chunk, ex, opts)?);
+        out.extend(decode(ck, model, enc, chunk, ex, opts)?);
     }
     Ok(out)
 }

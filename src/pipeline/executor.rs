@@ -391,9 +391,21 @@ pub mod slurm {
                     fin.insert(t, (state.into(), "NonZeroExitCode".into(), Some(rc << 8)));
                 }
             }
-            // Neither listed nor with an exit code, three polls running: lost before it could
-            // write one (or Slurm is unreachable).
-            unlisted = if listed { 0 } else { unlisted + 1 };
+            // Neither listed nor with an exit code, three polls running: ask accounting (sacct,
+            // when the cluster keeps it) how the tasks ended; else they were lost before they
+            // could write one (or Slurm is unreachable).
+            unlisted = if listed && tasks.iter().all(|&t| fin.contains_key(&t) || squeue_lists(&out, id, t, sharded)) {
+                0
+            } else {
+                unlisted + 1
+            };
+            if unlisted >= 3 {
+                for (t, ended) in sacct_states(id, sharded) {
+                    if tasks.contains(&t) {
+                        fin.entry(t).or_insert(ended);
+                    }
+                }
+            }
             if unlisted >= 3 {
                 for &t in tasks {
                     fin.entry(t).or_insert_with(|| ("LOST".into(), "not in squeue and no exit code".into(), None));
@@ -449,6 +461,42 @@ pub mod slurm {
         end
     }
 
+    /// How the tasks of job `id` ended, from Slurm's accounting (`sacct`); empty when the
+    /// cluster keeps none (sacct fails) or has no final record yet.
+    fn sacct_states(id: &str, sharded: bool) -> Vec<(usize, (String, String, Option<i64>))> {
+        let Ok(o) = Command::new("sacct").args(["-n", "-P", "-X", "-j", id, "--format=JobID,State,ExitCode"]).output()
+        else {
+            return Vec::new();
+        };
+        if !o.status.success() {
+            return Vec::new();
+        }
+        parse_sacct(&String::from_utf8_lossy(&o.stdout), sharded)
+    }
+
+    /// `sacct -n -P -X --format=JobID,State,ExitCode` lines (`12_3|TIMEOUT|0:15`, `12|FAILED|2:0`,
+    /// `12|CANCELLED by 0|0:0`) as final (task, (state, reason, wait status)).
+    pub(super) fn parse_sacct(text: &str, sharded: bool) -> Vec<(usize, (String, String, Option<i64>))> {
+        text.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('|').collect();
+                let (job, state, code) = (f.first()?, f.get(1)?.split_whitespace().next()?, f.get(2)?);
+                let task = match job.split_once('_') {
+                    Some((_, t)) => t.parse().ok()?,
+                    None if !sharded => 0,
+                    None => return None,
+                };
+                if !is_final(state) {
+                    return None;
+                }
+                // ExitCode is "exit:signal".
+                let (exit, signal) = code.split_once(':')?;
+                let status = (exit.parse::<i64>().ok()? << 8) | signal.parse::<i64>().ok()?;
+                Some((task, (state.to_string(), "sacct".to_string(), Some(status))))
+            })
+            .collect()
+    }
+
     fn squeue_lists(out: &std::io::Result<std::process::Output>, id: &str, t: usize, sharded: bool) -> bool {
         let Ok(o) = out else { return false };
         let want = if sharded { format!("{id}_{t}") } else { id.to_string() };
@@ -462,6 +510,30 @@ pub mod slurm {
             assert_eq!(super::array_spec(&[0, 1, 2], None), "0-2");
             assert_eq!(super::array_spec(&[1, 4], Some(2)), "1,4%2");
             assert_eq!(super::array_spec(&[0, 1, 3, 5, 6, 7], None), "0-1,3,5-7");
+        }
+
+        #[test]
+        fn sacct_lines_give_final_states_and_wait_status() {
+            let text =
+                "12_0|COMPLETED|0:0\n12_1|TIMEOUT|0:15\n12_2|CANCELLED by 0|0:9\n12_3|RUNNING|0:0\n12_4|FAILED|2:0\n";
+            let got = super::parse_sacct(text, true);
+            let states: Vec<(usize, &str, Option<i64>)> =
+                got.iter().map(|(t, (s, _, c))| (*t, s.as_str(), *c)).collect();
+            assert_eq!(
+                states,
+                vec![
+                    (0, "COMPLETED", Some(0)),
+                    (1, "TIMEOUT", Some(15)),
+                    (2, "CANCELLED", Some(9)),
+                    (4, "FAILED", Some(512))
+                ]
+            );
+            let one = super::parse_sacct("77|OUT_OF_MEMORY|0:125\n", false);
+            assert_eq!(one.len(), 1);
+            assert_eq!(one[0].0, 0);
+            assert_eq!(one[0].1.0, "OUT_OF_MEMORY");
+            assert!(super::parse_sacct("77|OUT_OF_MEMORY|0:125\n", true).is_empty(), "an array task has an _index");
+            assert!(super::parse_sacct("", false).is_empty());
         }
     }
 }

@@ -42,60 +42,10 @@ enum CacheCmd {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run stale stages: `all`, or the named stages after their stale upstream stages.
-    Run {
-        /// `all` or stage names.
-        stages: Vec<String>,
-        /// Run the named stages (all stages with `all`) even when up to date.
-        #[arg(long)]
-        force: bool,
-        /// Print what would run and why, run nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Run up to N independent stages at the same time.
-        #[arg(short = 'j', long = "jobs", default_value_t = 1)]
-        jobs: usize,
-        /// After a failure, keep running the stages that do not depend on it.
-        #[arg(long)]
-        keep_going: bool,
-        /// Run stages even when the run cache holds the outs of an earlier run with the same
-        /// cmd, deps, params and binary (by default those outs are restored).
-        #[arg(long)]
-        no_run_cache: bool,
-        /// Override a parameter for this run, e.g. --set cluster.k=8 (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
-        /// Where stages run: `local` processes or `slurm` jobs (default: the manifest's
-        /// `executor:`, else local).
-        #[arg(long)]
-        executor: Option<whisper_moe::pipeline::manifest::Executor>,
-        /// Run a stage as N shards, e.g. --shards embed=4 (over the manifest's `shards:`;
-        /// repeatable). Under Slurm a sharded stage is one job array.
-        #[arg(long = "shards", value_name = "STAGE=N")]
-        shards: Vec<String>,
-    },
+    Run(RunArgs),
     /// Run the pipeline once per combination of --set values, then with the manifest's own
     /// parameters; each variant's outs go to OUT/VARIANT/ and a table compares their metrics.
-    Sweep {
-        /// KEY=V1,V2,... (repeatable: every combination runs), e.g. --set cluster.k=4,6,8
-        #[arg(long = "set", required = true, value_name = "KEY=V1,V2,...")]
-        sets: Vec<String>,
-        /// Stages to bring up to date for each variant (default: all).
-        stages: Vec<String>,
-        /// A JSON file whose numbers go into the table (repeatable), besides the manifest's `metrics`.
-        #[arg(long = "metrics", value_name = "FILE")]
-        metrics: Vec<String>,
-        /// Keep only the metrics with this as a part of their name (repeatable): `--only wer`
-        /// keeps `results[split=test,system=base].wer`, `--only base` every base row.
-        #[arg(long = "only", value_name = "TEXT")]
-        only: Vec<String>,
-        /// Where each variant's outs and the comparison table go.
-        #[arg(long, default_value = "sweeps")]
-        out: PathBuf,
-        #[arg(short = 'j', long = "jobs", default_value_t = 1)]
-        jobs: usize,
-        #[arg(long)]
-        keep_going: bool,
-    },
+    Sweep(SweepArgs),
     /// The run cache (.pipeline/runs): earlier runs' outs, restored when their inputs return.
     Cache {
         #[command(subcommand)]
@@ -124,38 +74,100 @@ enum Cmd {
     },
     /// Write an adapter with random (non-zero) A and B in PEFT layout (interop checks).
     #[command(hide = true)]
-    LoraRandom {
-        #[arg(long)]
-        model: String,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value_t = 8)]
-        r: usize,
-        #[arg(long, default_value = "q_proj,v_proj")]
-        targets: String,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
+    LoraRandom(LoraRandomArgs),
     /// Teacher-forced logits [tokens, vocab] as raw little-endian f32 (interop checks).
     #[command(hide = true)]
-    Logits {
-        #[arg(long)]
-        model: String,
-        #[arg(long)]
-        adapter: Option<PathBuf>,
-        #[arg(long)]
-        audio: PathBuf,
-        /// Comma-separated decoder input ids.
-        #[arg(long)]
-        tokens: String,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Logits(LogitsArgs),
     /// Model checkpoints.
     Model {
         #[command(subcommand)]
         cmd: ModelCmd,
     },
+}
+
+#[derive(clap::Args)]
+struct LogitsArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[arg(long)]
+    audio: PathBuf,
+    /// Comma-separated decoder input ids.
+    #[arg(long)]
+    tokens: String,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct LoraRandomArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    r: usize,
+    #[arg(long, default_value = "q_proj,v_proj")]
+    targets: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(clap::Args)]
+struct SweepArgs {
+    /// KEY=V1,V2,... (repeatable: every combination runs), e.g. --set cluster.k=4,6,8
+    #[arg(long = "set", required = true, value_name = "KEY=V1,V2,...")]
+    sets: Vec<String>,
+    /// Stages to bring up to date for each variant (default: all).
+    stages: Vec<String>,
+    /// A JSON file whose numbers go into the table (repeatable), besides the manifest's `metrics`.
+    #[arg(long = "metrics", value_name = "FILE")]
+    metrics: Vec<String>,
+    /// Keep only the metrics with this as a part of their name (repeatable): `--only wer`
+    /// keeps `results[split=test,system=base].wer`, `--only base` every base row.
+    #[arg(long = "only", value_name = "TEXT")]
+    only: Vec<String>,
+    /// Where each variant's outs and the comparison table go.
+    #[arg(long, default_value = "sweeps")]
+    out: PathBuf,
+    #[arg(short = 'j', long = "jobs", default_value_t = 1)]
+    jobs: usize,
+    #[arg(long)]
+    keep_going: bool,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// `all` or stage names.
+    stages: Vec<String>,
+    /// Run the named stages (all stages with `all`) even when up to date.
+    #[arg(long)]
+    force: bool,
+    /// Print what would run and why, run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Run up to N independent stages at the same time.
+    #[arg(short = 'j', long = "jobs", default_value_t = 1)]
+    jobs: usize,
+    /// After a failure, keep running the stages that do not depend on it.
+    #[arg(long)]
+    keep_going: bool,
+    /// Run stages even when the run cache holds the outs of an earlier run with the same
+    /// cmd, deps, params and binary (by default those outs are restored).
+    #[arg(long)]
+    no_run_cache: bool,
+    /// Override a parameter for this run, e.g. --set cluster.k=8 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Where stages run: `local` processes or `slurm` jobs (default: the manifest's
+    /// `executor:`, else local).
+    #[arg(long)]
+    executor: Option<whisper_moe::pipeline::manifest::Executor>,
+    /// Run a stage as N shards, e.g. --shards embed=4 (over the manifest's `shards:`;
+    /// repeatable). Under Slurm a sharded stage is one job array.
+    #[arg(long = "shards", value_name = "STAGE=N")]
+    shards: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -252,197 +264,18 @@ fn parse_vars(vars: &[String]) -> Result<Vec<(String, String)>> {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     let load = || -> Result<Manifest> { Ok(Manifest::load(&cli.file, &parse_vars(&cli.vars)?)?) };
     match cli.cmd {
-        Cmd::Run { stages, force, dry_run, jobs, keep_going, no_run_cache, sets, executor, shards } => {
-            let mut m = load()?;
-            for kv in &sets {
-                let Some((k, v)) = kv.split_once('=') else { anyhow::bail!("--set `{kv}` is not KEY=VALUE") };
-                m.set_param(k.trim(), v)?;
-            }
-            let targets: Vec<String> = stages.into_iter().filter(|s| s != "all").collect();
-            let mut shard_counts = Vec::new();
-            for s in &shards {
-                let parsed =
-                    s.split_once('=').and_then(|(k, n)| Some((k.trim().to_string(), n.trim().parse::<usize>().ok()?)));
-                match parsed {
-                    Some((k, n)) if n >= 1 && m.stage_index(&k).is_some() => shard_counts.push((k, n)),
-                    _ => {
-                        return Err(ManifestError {
-                            file: m.file.clone(),
-                            line: None,
-                            key: "--shards".into(),
-                            message: format!("`{s}` is not STAGE=N with a stage of the manifest and N >= 1"),
-                        }
-                        .into());
-                    }
-                }
-            }
-            let opts =
-                RunOptions { targets, force, dry_run, jobs, keep_going, no_run_cache, executor, shards: shard_counts };
-            let results = run(&m, &opts)?;
-            print_summary(&results, dry_run);
-            let failed = results.iter().any(|(_, o)| matches!(o, Outcome::Failed(_) | Outcome::Skipped(_)));
-            if whisper_moe::pipeline::runner::interrupted() {
-                eprintln!("stopped by a signal: finished stages are kept, the others resume on the next run");
-                return Ok(ExitCode::from(130));
-            }
-            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
-        }
-        Cmd::Status => {
-            let m = load()?;
-            whisper_moe::pipeline::check::check_params(&m, &(0..m.stages.len()).collect::<Vec<_>>())?;
-            let paths = Paths::of(&m);
-            let lock = Lock::load(&paths.lock)?;
-            let mut cache = HashCache::open(&paths.hash_cache());
-            let reasons = status(&m, &lock, &mut cache)?;
-            cache.save()?;
-            let mut stale = 0;
-            let slurm = whisper_moe::pipeline::executor::slurm::squeue_available();
-            for (s, r) in m.stages.iter().zip(&reasons) {
-                if slurm
-                    && let Some((id, what)) = whisper_moe::pipeline::executor::slurm::in_flight(&paths.state, &s.name)
-                {
-                    println!("{}: in flight as Slurm job {id} ({what})", s.name);
-                }
-                if r.is_empty() {
-                    println!("{}: up to date", s.name);
-                } else {
-                    stale += 1;
-                    println!("{}: stale", s.name);
-                    for reason in r {
-                        println!("    {reason}");
-                    }
-                }
-            }
-            if stale == 0 {
-                println!("everything is up to date");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Sweep { sets, stages, metrics, only, out, jobs, keep_going } => {
-            let m = load()?;
-            let targets: Vec<String> = stages.into_iter().filter(|s| s != "all").collect();
-            let opts = RunOptions { targets, jobs, keep_going, ..Default::default() };
-            let result = sweep(&m, &sets, &opts, &metrics, &only, &out)?;
-            let text = fs::read_to_string(&result.table)?;
-            let cells: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
-            let ncol = cells.iter().map(Vec::len).max().unwrap_or(0);
-            let width: Vec<usize> =
-                (0..ncol).map(|c| cells.iter().filter_map(|r| r.get(c)).map(|s| s.len()).max().unwrap_or(0)).collect();
-            println!();
-            for row in &cells {
-                let line: Vec<String> = row
-                    .iter()
-                    .enumerate()
-                    .map(
-                        |(c, s)| {
-                            if c == 0 { format!("{s:<w$}", w = width[c]) } else { format!("{s:>w$}", w = width[c]) }
-                        },
-                    )
-                    .collect();
-                println!("{}", line.join("  "));
-            }
-            if cells.len() <= 1 {
-                println!("(no metrics: declare `metrics:` in the manifest or pass --metrics FILE)");
-            }
-            println!("\neach variant's outs: {}/VARIANT/   table: {}", out.display(), result.table.display());
-            let failed = result.rows.iter().any(|r| !r.1);
-            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
-        }
-        Cmd::Cache { cmd } => {
-            let m = load()?;
-            let runs = RunCache::new(&Paths::of(&m).state);
-            match cmd {
-                CacheCmd::List => {
-                    let summary = runs.summary()?;
-                    if summary.is_empty() {
-                        println!("the run cache is empty");
-                    }
-                    for (stage, n, bytes) in summary {
-                        println!("{stage:<16} {n:>4} runs  {:>10.1} MB held only by the cache", bytes as f64 / 1e6);
-                    }
-                }
-                CacheCmd::Clear { stages } => {
-                    let n = runs.clear(&stages)?;
-                    println!("deleted {n} stored runs");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Dag { dot } => {
-            let m = load()?;
-            if dot {
-                println!("digraph pipeline {{");
-                for (i, s) in m.stages.iter().enumerate() {
-                    println!("  \"{}\";", s.name);
-                    for &u in &m.upstream[i] {
-                        println!("  \"{}\" -> \"{}\";", m.stages[u].name, s.name);
-                    }
-                }
-                println!("}}");
-            } else {
-                for (i, s) in m.stages.iter().enumerate() {
-                    let ups: Vec<&str> = m.upstream[i].iter().map(|&u| m.stages[u].name.as_str()).collect();
-                    if ups.is_empty() {
-                        println!("{}", s.name);
-                    } else {
-                        println!("{}  <- {}", s.name, ups.join(", "));
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Run(a) => run_stages(load()?, a),
+        Cmd::Status => print_status(&load()?),
+        Cmd::Sweep(a) => run_sweep(&load()?, a),
+        Cmd::Cache { cmd } => cache(&load()?, cmd),
+        Cmd::Dag { dot } => print_dag(&load()?, dot),
         Cmd::Show { path, rows } => {
             print!("{}", whisper_moe::artifacts::show::show(&path, rows)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Transcribe(args) => transcribe(args),
-        Cmd::LoraRandom { model, out, r, targets, seed } => {
-            use burn::prelude::*;
-            let dev = Device::flex();
-            let mut ck = whisper_moe::whisper::Checkpoint::load(&model, &dev)?;
-            dev.seed(seed);
-            let cfg = whisper_moe::lora::LoraConfig {
-                r,
-                alpha: 2.0 * r as f64,
-                dropout: 0.0,
-                target_modules: whisper_moe::lora::Targets::Names(targets.split(',').map(str::to_string).collect()),
-                use_rslora: false,
-            };
-            ck.model.attach_lora(&cfg, 1, &dev)?;
-            for (name, proj) in ck.model.projs_mut() {
-                if let Some(l) = proj.lora.as_mut() {
-                    let b = Tensor::<3>::random(l.b.dims(), burn::tensor::Distribution::Uniform(-0.05, 0.05), &dev);
-                    l.b = whisper_moe::lora::trainable(&format!("{name}.lora_B"), b);
-                }
-            }
-            whisper_moe::whisper::peft::save_expert(&ck.model, 0, &cfg, &model, &out)?;
-            eprintln!("random adapter written to {}", out.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Logits { model, adapter, audio, tokens, out } => {
-            use burn::prelude::*;
-            let dev = Device::flex();
-            let mut ck = whisper_moe::whisper::Checkpoint::load(&model, &dev)?;
-            let route = match &adapter {
-                Some(a) => {
-                    whisper_moe::whisper::peft::load_experts(&mut ck.model, std::slice::from_ref(a), &dev)?;
-                    Some(whisper_moe::lora::Route::all(0, 1, &dev))
-                }
-                None => None,
-            };
-            let ids: Vec<i64> = tokens.split(',').map(|t| t.trim().parse()).collect::<std::result::Result<_, _>>()?;
-            let samples = whisper_moe::audio::load_16k(&audio)?.samples;
-            let t = ids.len();
-            let tok = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, t]), &dev);
-            let logits: Vec<f32> = ck
-                .model
-                .forward(ck.mel_batch(&[ck.features(&samples)]), tok, route.as_ref())
-                .into_data()
-                .try_into_vec_as()?;
-            std::fs::write(&out, logits.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
-            eprintln!("logits [{t}, {}] written to {}", logits.len() / t, out.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::LoraRandom(a) => lora_random(a),
+        Cmd::Logits(a) => logits(a),
         Cmd::InteropSamples { out } => {
             whisper_moe::artifacts::samples::write_samples(&out)?;
             eprintln!("samples written to {}", out.display());
@@ -460,6 +293,195 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `pipeline run`: bring the named stages (or all) up to date.
+fn run_stages(m: Manifest, a: RunArgs) -> Result<ExitCode> {
+    let RunArgs { stages, force, dry_run, jobs, keep_going, no_run_cache, sets, executor, shards } = a;
+    let mut m = m;
+    for kv in &sets {
+        let Some((k, v)) = kv.split_once('=') else { anyhow::bail!("--set `{kv}` is not KEY=VALUE") };
+        m.set_param(k.trim(), v)?;
+    }
+    let targets: Vec<String> = stages.into_iter().filter(|s| s != "all").collect();
+    let mut shard_counts = Vec::new();
+    for s in &shards {
+        let parsed = s.split_once('=').and_then(|(k, n)| Some((k.trim().to_string(), n.trim().parse::<usize>().ok()?)));
+        match parsed {
+            Some((k, n)) if n >= 1 && m.stage_index(&k).is_some() => shard_counts.push((k, n)),
+            _ => {
+                return Err(ManifestError {
+                    file: m.file.clone(),
+                    line: None,
+                    key: "--shards".into(),
+                    message: format!("`{s}` is not STAGE=N with a stage of the manifest and N >= 1"),
+                }
+                .into());
+            }
+        }
+    }
+    let opts = RunOptions { targets, force, dry_run, jobs, keep_going, no_run_cache, executor, shards: shard_counts };
+    let results = run(&m, &opts)?;
+    print_summary(&results, dry_run);
+    let failed = results.iter().any(|(_, o)| matches!(o, Outcome::Failed(_) | Outcome::Skipped(_)));
+    if whisper_moe::pipeline::runner::interrupted() {
+        eprintln!("stopped by a signal: finished stages are kept, the others resume on the next run");
+        return Ok(ExitCode::from(130));
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `pipeline status`: stale stages with their reasons, and Slurm jobs in flight.
+fn print_status(m: &Manifest) -> Result<ExitCode> {
+    whisper_moe::pipeline::check::check_params(&m, &(0..m.stages.len()).collect::<Vec<_>>())?;
+    let paths = Paths::of(&m);
+    let lock = Lock::load(&paths.lock)?;
+    let mut cache = HashCache::open(&paths.hash_cache());
+    let reasons = status(&m, &lock, &mut cache)?;
+    cache.save()?;
+    let mut stale = 0;
+    let slurm = whisper_moe::pipeline::executor::slurm::squeue_available();
+    for (s, r) in m.stages.iter().zip(&reasons) {
+        if slurm && let Some((id, what)) = whisper_moe::pipeline::executor::slurm::in_flight(&paths.state, &s.name) {
+            println!("{}: in flight as Slurm job {id} ({what})", s.name);
+        }
+        if r.is_empty() {
+            println!("{}: up to date", s.name);
+        } else {
+            stale += 1;
+            println!("{}: stale", s.name);
+            for reason in r {
+                println!("    {reason}");
+            }
+        }
+    }
+    if stale == 0 {
+        println!("everything is up to date");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pipeline sweep`: one run per combination of values, and the table comparing them.
+fn run_sweep(m: &Manifest, a: SweepArgs) -> Result<ExitCode> {
+    let SweepArgs { sets, stages, metrics, only, out, jobs, keep_going } = a;
+    let targets: Vec<String> = stages.into_iter().filter(|s| s != "all").collect();
+    let opts = RunOptions { targets, jobs, keep_going, ..Default::default() };
+    let result = sweep(&m, &sets, &opts, &metrics, &only, &out)?;
+    let text = fs::read_to_string(&result.table)?;
+    let cells: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    let ncol = cells.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> =
+        (0..ncol).map(|c| cells.iter().filter_map(|r| r.get(c)).map(|s| s.len()).max().unwrap_or(0)).collect();
+    println!();
+    for row in &cells {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, s)| if c == 0 { format!("{s:<w$}", w = width[c]) } else { format!("{s:>w$}", w = width[c]) })
+            .collect();
+        println!("{}", line.join("  "));
+    }
+    if cells.len() <= 1 {
+        println!("(no metrics: declare `metrics:` in the manifest or pass --metrics FILE)");
+    }
+    println!("\neach variant's outs: {}/VARIANT/   table: {}", out.display(), result.table.display());
+    let failed = result.rows.iter().any(|r| !r.1);
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `pipeline cache list|clear`.
+fn cache(m: &Manifest, cmd: CacheCmd) -> Result<ExitCode> {
+    let runs = RunCache::new(&Paths::of(m).state);
+    match cmd {
+        CacheCmd::List => {
+            let summary = runs.summary()?;
+            if summary.is_empty() {
+                println!("the run cache is empty");
+            }
+            for (stage, n, bytes) in summary {
+                println!("{stage:<16} {n:>4} runs  {:>10.1} MB held only by the cache", bytes as f64 / 1e6);
+            }
+        }
+        CacheCmd::Clear { stages } => {
+            let n = runs.clear(&stages)?;
+            println!("deleted {n} stored runs");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pipeline dag [--dot]`.
+fn print_dag(m: &Manifest, dot: bool) -> Result<ExitCode> {
+    if dot {
+        println!("digraph pipeline {{");
+        for (i, s) in m.stages.iter().enumerate() {
+            println!("  \"{}\";", s.name);
+            for &u in &m.upstream[i] {
+                println!("  \"{}\" -> \"{}\";", m.stages[u].name, s.name);
+            }
+        }
+        println!("}}");
+    } else {
+        for (i, s) in m.stages.iter().enumerate() {
+            let ups: Vec<&str> = m.upstream[i].iter().map(|&u| m.stages[u].name.as_str()).collect();
+            if ups.is_empty() {
+                println!("{}", s.name);
+            } else {
+                println!("{}  <- {}", s.name, ups.join(", "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pipeline lora-random` (interop checks).
+fn lora_random(a: LoraRandomArgs) -> Result<ExitCode> {
+    let LoraRandomArgs { model, out, r, targets, seed } = a;
+    use burn::prelude::*;
+    let dev = Device::flex();
+    let mut ck = whisper_moe::whisper::Checkpoint::load(&model, &dev)?;
+    dev.seed(seed);
+    let cfg = whisper_moe::lora::LoraConfig {
+        r,
+        alpha: 2.0 * r as f64,
+        dropout: 0.0,
+        target_modules: whisper_moe::lora::Targets::Names(targets.split(',').map(str::to_string).collect()),
+        use_rslora: false,
+    };
+    ck.model.attach_lora(&cfg, 1, &dev)?;
+    for (name, proj) in ck.model.projs_mut() {
+        if let Some(l) = proj.lora.as_mut() {
+            let b = Tensor::<3>::random(l.b.dims(), burn::tensor::Distribution::Uniform(-0.05, 0.05), &dev);
+            l.b = whisper_moe::lora::trainable(&format!("{name}.lora_B"), b);
+        }
+    }
+    whisper_moe::whisper::peft::save_expert(&ck.model, 0, &cfg, &model, &out)?;
+    eprintln!("random adapter written to {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pipeline logits` (interop checks).
+fn logits(a: LogitsArgs) -> Result<ExitCode> {
+    let LogitsArgs { model, adapter, audio, tokens, out } = a;
+    use burn::prelude::*;
+    let dev = Device::flex();
+    let mut ck = whisper_moe::whisper::Checkpoint::load(&model, &dev)?;
+    let route = match &adapter {
+        Some(a) => {
+            whisper_moe::whisper::peft::load_experts(&mut ck.model, std::slice::from_ref(a), &dev)?;
+            Some(whisper_moe::lora::Route::all(0, 1, &dev))
+        }
+        None => None,
+    };
+    let ids: Vec<i64> = tokens.split(',').map(|t| t.trim().parse()).collect::<std::result::Result<_, _>>()?;
+    let samples = whisper_moe::audio::load_16k(&audio)?.samples;
+    let t = ids.len();
+    let tok = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, t]), &dev);
+    let logits: Vec<f32> =
+        ck.model.forward(ck.mel_batch(&[ck.features(&samples)]), tok, route.as_ref()).into_data().try_into_vec_as()?;
+    std::fs::write(&out, logits.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+    eprintln!("logits [{t}, {}] written to {}", logits.len() / t, out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {

@@ -182,6 +182,22 @@ impl Table {
     pub fn write(&self, dir: &Path, metadata: &BTreeMap<String, String>) -> Result<usize> {
         super::write_dataset(dir, &[self.to_batch()?], metadata)
     }
+
+    /// As [`Table::write`], or as shard `shard`'s part files of the dataset `dir`.
+    pub fn write_shard(
+        &self,
+        dir: &Path,
+        metadata: &BTreeMap<String, String>,
+        shard: Option<super::Shard>,
+    ) -> Result<usize> {
+        let Some(shard) = shard else { return self.write(dir, metadata) };
+        let batch = self.to_batch()?;
+        let mut w = super::DatasetWriter::create(dir, batch.schema(), metadata, Some(shard))?;
+        w.write(&batch)?;
+        let rows = batch.num_rows();
+        w.finish()?;
+        Ok(rows)
+    }
 }
 
 #[cfg(test)]

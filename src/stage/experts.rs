@@ -14,10 +14,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use super::Stage;
-use crate::artifacts::Grouping;
+use super::{Sharding, Stage};
 use crate::artifacts::standard_metadata;
 use crate::artifacts::table::Table;
+use crate::artifacts::{Grouping, Shard};
 use crate::dataset::{Columns, Dataset};
 use crate::eval::EvalConfig;
 use crate::eval::wer::{Score, score};
@@ -61,6 +61,10 @@ pub struct ExpertsPaths {
     pub embeddings: Option<PathBuf>,
     #[arg(long)]
     pub out: PathBuf,
+    /// Train the experts of shard i/N only (a contiguous range of the k experts), writing
+    /// their adapters, metrics part files and `experts.shard-i-of-N.json` into `--out`.
+    #[arg(long)]
+    pub shard: Option<Shard>,
 }
 
 /// One expert's figures.
@@ -91,8 +95,45 @@ pub struct ExpertsManifest {
 }
 
 impl ExpertsManifest {
+    /// `experts.json`, or, from a sharded run, the shards' `experts.shard-i-of-N.json` put
+    /// together (every shard must be there).
     pub fn read(dir: &Path) -> Result<ExpertsManifest> {
-        crate::util::read_json(&dir.join("experts.json"))
+        let whole = dir.join("experts.json");
+        if whole.exists() {
+            return crate::util::read_json(&whole);
+        }
+        let mut parts: Vec<(usize, usize, PathBuf)> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?.to_string();
+                let (i, n) = name.strip_prefix("experts.shard-")?.strip_suffix(".json")?.split_once("-of-")?;
+                Some((i.parse().ok()?, n.parse().ok()?, p))
+            })
+            .collect();
+        parts.sort();
+        let Some(&(_, n, _)) = parts.first() else {
+            bail!("{} has no experts.json (and no shard's experts.shard-i-of-N.json)", dir.display());
+        };
+        let have: Vec<usize> = parts.iter().filter(|p| p.1 == n).map(|p| p.0).collect();
+        if have != (0..n).collect::<Vec<_>>() || parts.len() != n {
+            bail!("{}: the experts stage ran in {n} shards but the shard files are {have:?}", dir.display());
+        }
+        let mut shards: Vec<ExpertsManifest> =
+            parts.iter().map(|(_, _, p)| crate::util::read_json(p)).collect::<Result<_>>()?;
+        let mut all = shards.remove(0);
+        for s in shards {
+            if (s.experts, &s.checkpoint_hash, &s.lora) != (all.experts, &all.checkpoint_hash, &all.lora) {
+                bail!("{}: the experts shards were trained with different settings", dir.display());
+            }
+            all.adapters.extend(s.adapters);
+            all.summary.extend(s.summary);
+            all.optimizer_steps += s.optimizer_steps;
+        }
+        if all.adapters.len() != all.experts {
+            bail!("{}: the shards hold {} of {} experts", dir.display(), all.adapters.len(), all.experts);
+        }
+        Ok(all)
     }
 
     pub fn adapter_dirs(&self, dir: &Path) -> Vec<PathBuf> {
@@ -134,6 +175,7 @@ pub struct Experts;
 impl Stage for Experts {
     const NAME: &'static str = "experts";
     const ABOUT: &'static str = "Pretrain one LoRA expert per cluster";
+    const SHARDING: Sharding = Sharding::Experts;
     type Paths = ExpertsPaths;
     type Params = ExpertsParams;
     type Summary = ExpertsReport;
@@ -142,14 +184,21 @@ impl Stage for Experts {
         let (ck, g) = super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, true)?;
         let dev = ck.device.clone();
         let k = g.experts();
-        let data = ExpertData::gather(&ck, &g, &paths.base.dataset, paths.embeddings.as_deref(), p)?;
+        let mut data = ExpertData::gather(&ck, &g, &paths.base.dataset, paths.embeddings.as_deref(), p)?;
+        // A shard trains a contiguous range of the experts on their rows only.
+        let mine = paths.shard.map_or(0..k, |s| s.range(k));
+        if let Some(s) = paths.shard {
+            data.rows.retain(|r| r.expert.is_some_and(|e| mine.contains(&e)));
+            data.val.retain(|(_, e)| e.is_some_and(|e| mine.contains(&e)));
+            eprintln!("experts shard {}/{}: experts {mine:?} of {k}", s.index, s.count);
+        }
         eprintln!(
             "experts: {k} experts, {} training rows {:?}, {} val utterances",
             data.rows.len(),
-            data.train_count,
+            &data.train_count[mine.clone()],
             data.val.len()
         );
-        if let Some(e) = data.train_count.iter().position(|&c| c == 0) {
+        if let Some(e) = mine.clone().find(|&e| data.train_count[e] == 0) {
             eprintln!("warning: expert {e} has no expert_pretrain utterance; it stays the base model");
         }
         let mut model = ck.model.clone();
@@ -171,10 +220,13 @@ impl Stage for Experts {
             g.metadata.get("params_hash").cloned().unwrap_or_default(),
             data.rows
         ));
-        let ckpt = paths.out.join("checkpoint");
+        let ckpt = match paths.shard {
+            Some(s) => paths.out.join(format!("checkpoint-shard-{}-of-{}", s.index, s.count)),
+            None => paths.out.join("checkpoint"),
+        };
         let trained = train(model, &mut task, &p.train.loop_config(), &ckpt, &fingerprint)?;
         let model = trained.best.unwrap_or(trained.model);
-        for e in 0..k {
+        for e in mine.clone() {
             crate::whisper::peft::save_expert(
                 &model,
                 e,
@@ -185,18 +237,27 @@ impl Stage for Experts {
         }
         let mut meta = standard_metadata("experts", Some(&ck.hash));
         meta.insert("experts".into(), k.to_string());
-        task.metrics_table(&data.train_count)?.write(&paths.out.join("metrics"), &meta)?;
-        let summary = task.summary(&data.train_count, &data.val);
+        task.metrics_table(&data.train_count, mine.clone())?.write_shard(
+            &paths.out.join("metrics"),
+            &meta,
+            paths.shard,
+        )?;
+        let mut summary = task.summary(&data.train_count, &data.val);
+        summary.retain(|s| mine.contains(&s.expert));
         let manifest = ExpertsManifest {
             experts: k,
             base_model: paths.base.model.clone(),
             checkpoint_hash: ck.hash.clone(),
             lora: p.lora.clone(),
-            adapters: (0..k).map(|e| format!("expert_{e}")).collect(),
+            adapters: mine.clone().map(|e| format!("expert_{e}")).collect(),
             optimizer_steps: trained.steps,
             summary: summary.clone(),
         };
-        crate::util::write_json(&paths.out.join("experts.json"), &manifest)?;
+        let name = match paths.shard {
+            Some(s) => format!("experts.shard-{}-of-{}.json", s.index, s.count),
+            None => "experts.json".into(),
+        };
+        crate::util::write_json(&paths.out.join(name), &manifest)?;
         std::fs::remove_dir_all(&ckpt).context("removing the training checkpoint")?;
         Ok(ExpertsReport(summary))
     }
@@ -369,10 +430,10 @@ impl<'a> AdapterTask<'a> {
     }
 
     /// The experts stage's metrics table: one row per expert and epoch.
-    pub fn metrics_table(&self, train_count: &[usize]) -> Result<Table> {
+    pub fn metrics_table(&self, train_count: &[usize], experts: std::ops::Range<usize>) -> Result<Table> {
         let mut t = Table::default();
         for r in &self.records {
-            for e in 0..self.experts {
+            for e in experts.clone() {
                 t.push(vec![
                     ("expert", e.into()),
                     ("epoch", r.epoch.into()),

@@ -71,6 +71,9 @@ pub enum Sharding {
     /// Shard i of N takes a contiguous slice of the input rows and writes its own part files
     /// of the stage's datasets; the parts together are the output (no merge step).
     Rows,
+    /// Shard i of N trains a contiguous range of the experts (e.g. one per GPU) and writes
+    /// their adapters, its part files and its own summary file, which readers put together.
+    Experts,
 }
 
 /// One stage of the pipeline.

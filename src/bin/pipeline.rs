@@ -64,7 +64,8 @@ enum Cmd {
         #[arg(short = 'n', long, default_value_t = 10)]
         rows: usize,
     },
-    /// Transcribe audio files; prints `FILE<TAB>text` per file.
+    /// Transcribe audio files; prints `FILE<TAB>text` per file (`FILE<TAB>[de 0.95] text` with a
+    /// multilingual checkpoint: the language, and its probability when detected).
     Transcribe(TranscribeArgs),
     /// Write one sample dataset of every artifact schema and expected.json (interop checks).
     #[command(hide = true)]

@@ -84,18 +84,7 @@ impl Paths {
 pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
     let paths = Paths::of(m);
     let n = m.stages.len();
-    let mut selected = vec![opts.targets.is_empty(); n];
-    let mut forced = vec![opts.force && opts.targets.is_empty(); n];
-    for t in &opts.targets {
-        let Some(i) = m.stage_index(t) else {
-            let names: Vec<&str> = m.stages.iter().map(|s| s.name.as_str()).collect();
-            bail!("no stage named `{t}` in {} (stages: {})", m.file.display(), names.join(", "));
-        };
-        for j in m.with_upstream(i) {
-            selected[j] = true;
-        }
-        forced[i] |= opts.force;
-    }
+    let (selected, forced) = selection(m, opts)?;
     // Every selected stage's parameters against its schema, before anything runs.
     super::check::check_params(m, &(0..n).filter(|&i| selected[i]).collect::<Vec<_>>())?;
     let lock = Lock::load(&paths.lock)?;
@@ -104,30 +93,7 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
     let use_run_cache = |i: usize| !forced[i] && !opts.no_run_cache;
 
     if opts.dry_run {
-        let reasons = status(m, &lock, &mut cache)?;
-        let mut would = vec![false; n];
-        let mut out = Vec::new();
-        for i in 0..n {
-            if !selected[i] {
-                continue;
-            }
-            let mut r = reasons[i].clone();
-            if forced[i] {
-                r.insert(0, "forced".into());
-            }
-            let upstream_would = m.upstream[i].iter().any(|&u| would[u]);
-            would[i] = !r.is_empty() || upstream_would;
-            if would[i] && !upstream_would && use_run_cache(i) {
-                let current = fingerprint(m, &m.stages[i], &mut cache)?;
-                if restorable(&lock, &m.stages[i], &current, &runs).is_some() {
-                    r.push("an earlier run with these inputs is in the run cache: would restore its outs".into());
-                }
-            }
-            let outcome = if would[i] { Outcome::WouldRun(r) } else { Outcome::UpToDate };
-            out.push((m.stages[i].name.clone(), outcome));
-        }
-        cache.save()?;
-        return Ok(out);
+        return dry_run(m, &lock, &mut cache, &runs, &selected, &forced, opts);
     }
 
     executor::interrupt::install();
@@ -237,34 +203,10 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
         let (i, result) = rx.recv().expect("stage thread ended without reporting");
         running -= 1;
         let (current, staged, started) = launched[i].take().expect("launched stage");
-        let stage = &m.stages[i];
-        let staging = paths.staging(&stage.name);
-        let result = result.and_then(|()| {
-            commit_outs(m, &paths, stage, &staged, &staging, current, &mut lock, &mut cache)
-                .map_err(|e| format!("{e:#}"))
-        });
-        match result {
-            Ok(()) => {
-                if let Err(e) = runs.save(m, stage, &lock.stages[&stage.name]) {
-                    eprintln!("warning: {} ran, but its outs could not be stored in the run cache: {e:#}", stage.name);
-                }
-                let took = started.elapsed();
-                eprintln!("✓ {} done in {}", stage.name, fmt_duration(took));
-                outcome[i] = Some(Outcome::Ran(took));
-            }
-            Err(msg) => {
-                restore_backups(&staged);
-                let log = paths.log(&stage.name);
-                if log.exists() {
-                    eprintln!("✗ {} failed: {msg}\n  log: {}", stage.name, log.display());
-                } else {
-                    eprintln!("✗ {} failed: {msg}", stage.name);
-                }
-                outcome[i] = Some(Outcome::Failed(msg));
-                if !opts.keep_going {
-                    stop = true;
-                }
-            }
+        outcome[i] =
+            Some(settle(m, &paths, &m.stages[i], result, current, &staged, started, &mut lock, &mut cache, &runs));
+        if matches!(outcome[i], Some(Outcome::Failed(_))) && !opts.keep_going {
+            stop = true;
         }
     }
     cache.save()?;
@@ -276,6 +218,103 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
         })
         .collect();
     Ok(out)
+}
+
+/// The stages to bring up to date (the targets and everything upstream of them; all without
+/// targets) and those forced to run.
+fn selection(m: &Manifest, opts: &RunOptions) -> Result<(Vec<bool>, Vec<bool>)> {
+    let n = m.stages.len();
+    let mut selected = vec![opts.targets.is_empty(); n];
+    let mut forced = vec![opts.force && opts.targets.is_empty(); n];
+    for t in &opts.targets {
+        let Some(i) = m.stage_index(t) else {
+            let names: Vec<&str> = m.stages.iter().map(|s| s.name.as_str()).collect();
+            bail!("no stage named `{t}` in {} (stages: {})", m.file.display(), names.join(", "));
+        };
+        for j in m.with_upstream(i) {
+            selected[j] = true;
+        }
+        forced[i] |= opts.force;
+    }
+    Ok((selected, forced))
+}
+
+/// `--dry-run`: what would run and why (or be restored from the run cache), running nothing.
+fn dry_run(
+    m: &Manifest,
+    lock: &Lock,
+    cache: &mut HashCache,
+    runs: &RunCache,
+    selected: &[bool],
+    forced: &[bool],
+    opts: &RunOptions,
+) -> Result<Vec<(String, Outcome)>> {
+    let n = m.stages.len();
+    let reasons = status(m, lock, cache)?;
+    let mut would = vec![false; n];
+    let mut out = Vec::new();
+    for i in 0..n {
+        if !selected[i] {
+            continue;
+        }
+        let mut r = reasons[i].clone();
+        if forced[i] {
+            r.insert(0, "forced".into());
+        }
+        let upstream_would = m.upstream[i].iter().any(|&u| would[u]);
+        would[i] = !r.is_empty() || upstream_would;
+        if would[i] && !upstream_would && !forced[i] && !opts.no_run_cache {
+            let current = fingerprint(m, &m.stages[i], cache)?;
+            if restorable(lock, &m.stages[i], &current, runs).is_some() {
+                r.push("an earlier run with these inputs is in the run cache: would restore its outs".into());
+            }
+        }
+        let outcome = if would[i] { Outcome::WouldRun(r) } else { Outcome::UpToDate };
+        out.push((m.stages[i].name.clone(), outcome));
+    }
+    cache.save()?;
+    Ok(out)
+}
+
+/// A stage's job ended: commit its outs (staging -> place, lock, run cache) or, on failure,
+/// put back the outs it wrote in place; the outcome, reported as it happens.
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    m: &Manifest,
+    paths: &Paths,
+    stage: &Stage,
+    result: Result<(), String>,
+    current: StageLock,
+    staged: &[StagedOut],
+    started: Instant,
+    lock: &mut Lock,
+    cache: &mut HashCache,
+    runs: &RunCache,
+) -> Outcome {
+    let staging = paths.staging(&stage.name);
+    let result = result.and_then(|()| {
+        commit_outs(m, paths, stage, staged, &staging, current, lock, cache).map_err(|e| format!("{e:#}"))
+    });
+    match result {
+        Ok(()) => {
+            if let Err(e) = runs.save(m, stage, &lock.stages[&stage.name]) {
+                eprintln!("warning: {} ran, but its outs could not be stored in the run cache: {e:#}", stage.name);
+            }
+            let took = started.elapsed();
+            eprintln!("✓ {} done in {}", stage.name, fmt_duration(took));
+            Outcome::Ran(took)
+        }
+        Err(msg) => {
+            restore_backups(staged);
+            let log = paths.log(&stage.name);
+            if log.exists() {
+                eprintln!("✗ {} failed: {msg}\n  log: {}", stage.name, log.display());
+            } else {
+                eprintln!("✗ {} failed: {msg}", stage.name);
+            }
+            Outcome::Failed(msg)
+        }
+    }
 }
 
 pub fn fmt_duration(d: Duration) -> String {

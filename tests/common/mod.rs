@@ -37,8 +37,14 @@ pub fn shared(test: &str) -> Option<PathBuf> {
     let Some(problem) = shared_problem() else {
         return Some(PathBuf::from(std::env::var_os("WHISPER_MOE_SHARED").unwrap()));
     };
+    skip_or_fail(test, "../shared", &problem)
+}
+
+/// A test whose input is missing: under CI it fails; elsewhere it is skipped loudly (stderr and
+/// the WHISPER_MOE_SKIPS file). Returns None for the caller to return.
+fn skip_or_fail<T>(test: &str, needs: &str, problem: &str) -> Option<T> {
     if in_ci() {
-        panic!("{test} needs ../shared and CI is set: {problem}");
+        panic!("{test} needs {needs} and CI is set: {problem}");
     }
     eprintln!("\n*** SKIPPED {test}: {problem} ***\n");
     if let Some(log) = std::env::var_os("WHISPER_MOE_SKIPS") {
@@ -61,17 +67,7 @@ pub fn multilingual_model(test: &str) -> Option<PathBuf> {
         Some(p) if PathBuf::from(&p).join("model.safetensors").is_file() => return Some(PathBuf::from(p)),
         Some(p) => format!("WHISPER_MOE_MULTILINGUAL={} has no model.safetensors", PathBuf::from(p).display()),
     };
-    if in_ci() {
-        panic!("{test} needs a multilingual checkpoint and CI is set: {problem}");
-    }
-    eprintln!("\n*** SKIPPED {test}: {problem} ***\n");
-    if let Some(log) = std::env::var_os("WHISPER_MOE_SKIPS") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{test}: {problem}");
-        }
-    }
-    None
+    skip_or_fail(test, "a multilingual checkpoint", &problem)
 }
 
 pub struct Fixture {

@@ -88,6 +88,7 @@ fn main() {
                     durations: vec![1.0; utts.len()],
                     transcriptions: vec![String::new(); utts.len()],
                     extra: vec![("domain".into(), utts.iter().map(|u| u.extra[dcol].clone()).collect())],
+                    numbers: Vec::new(),
                     dim,
                     values: pooled[l * poolings.len() + j].clone(),
                 };

@@ -293,11 +293,11 @@ fn embed_detects_languages_and_training_prompts_use_them() {
     let (emb, meta) = whisper_moe::artifacts::Embeddings::read(&dir.join("emb")).unwrap();
     assert!(meta.get("language").is_some_and(|m| m.contains("detected")), "{meta:?}");
     let langs = emb.column("language").expect("a language column");
-    let probs = emb.column("language_prob").expect("a language_prob column");
+    let probs = &emb.numbers.iter().find(|(n, _)| n == "language_prob").expect("a Float32 language_prob column").1;
     for (i, id) in emb.ids.iter().enumerate() {
         let c = clips.iter().find(|c| c["file"] == id.as_str()).unwrap();
         assert_eq!(langs[i].as_deref(), c["detected_code"].as_str(), "{id}");
-        let p: f64 = probs[i].as_deref().unwrap().parse().unwrap();
+        let p = probs[i].unwrap() as f64;
         assert!((p - c["detected_probability"].as_f64().unwrap()).abs() < 1e-4, "{id}: {p}");
     }
     let detected = emb.languages();

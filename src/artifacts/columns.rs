@@ -47,6 +47,18 @@ pub fn opt_strings(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>
     }
 }
 
+/// A nullable float column as f32.
+pub fn opt_f32s(batch: &RecordBatch, name: &str) -> Result<Vec<Option<f32>>> {
+    let c = column(batch, name)?;
+    match c.data_type() {
+        DataType::Float32 | DataType::Float64 | DataType::Float16 => {
+            let a = cast(c, &DataType::Float32)?;
+            Ok(a.as_primitive::<Float32Type>().iter().collect())
+        }
+        other => Err(wrong(name, other, "Float32")),
+    }
+}
+
 pub fn f32s(batch: &RecordBatch, name: &str) -> Result<Vec<f32>> {
     let c = column(batch, name)?;
     match c.data_type() {

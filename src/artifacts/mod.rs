@@ -42,8 +42,11 @@ pub struct Embeddings {
     pub audio_paths: Vec<String>,
     pub durations: Vec<f32>,
     pub transcriptions: Vec<String>,
-    /// Metadata columns carried over from the dataset manifest (e.g. `domain`).
+    /// Metadata columns carried over from the dataset manifest (e.g. `domain`), and the
+    /// `language` the embed stage detected.
     pub extra: Vec<(String, Vec<Option<String>>)>,
+    /// Numeric metadata columns (Float32), after the text ones: the detected `language_prob`.
+    pub numbers: Vec<(String, Vec<Option<f32>>)>,
     pub dim: usize,
     /// Row-major [rows, dim].
     pub values: Vec<f32>,
@@ -72,7 +75,8 @@ impl Embeddings {
         self.ids.iter().zip(col).filter_map(|(id, l)| Some((id.clone(), l.clone()?))).collect()
     }
 
-    pub fn schema(dim: usize, extra: &[String]) -> SchemaRef {
+    /// The schema with text metadata columns `extra` and Float32 ones `numbers`.
+    pub fn schema(dim: usize, extra: &[String], numbers: &[String]) -> SchemaRef {
         let mut fields = vec![
             Field::new("id", DataType::Utf8, false),
             Field::new("audio_path", DataType::Utf8, false),
@@ -80,12 +84,14 @@ impl Embeddings {
             Field::new("transcription", DataType::Utf8, false),
         ];
         fields.extend(extra.iter().map(|n| Field::new(n, DataType::Utf8, true)));
+        fields.extend(numbers.iter().map(|n| Field::new(n, DataType::Float32, true)));
         fields.push(Field::new("embedding", vector_type(dim), false));
         Arc::new(Schema::new(fields))
     }
 
     pub fn to_batch(&self) -> Result<RecordBatch> {
         let names: Vec<String> = self.extra.iter().map(|(n, _)| n.clone()).collect();
+        let numbers: Vec<String> = self.numbers.iter().map(|(n, _)| n.clone()).collect();
         let mut cols: Vec<ArrayRef> = vec![
             string_array(&self.ids),
             string_array(&self.audio_paths),
@@ -93,8 +99,11 @@ impl Embeddings {
             string_array(&self.transcriptions),
         ];
         cols.extend(self.extra.iter().map(|(_, v)| opt_string_array(v)));
+        cols.extend(
+            self.numbers.iter().map(|(_, v)| Arc::new(arrow::array::Float32Array::from(v.clone())) as ArrayRef),
+        );
         cols.push(vector_array(self.values.clone(), self.dim)?);
-        Ok(RecordBatch::try_new(Self::schema(self.dim, &names), cols)?)
+        Ok(RecordBatch::try_new(Self::schema(self.dim, &names, &numbers), cols)?)
     }
 
     pub fn from_batch(b: &RecordBatch) -> Result<Embeddings> {
@@ -107,12 +116,21 @@ impl Embeddings {
             .filter(|f| matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View))
             .map(|f| Ok((f.name().clone(), opt_strings(b, f.name())?)))
             .collect::<Result<_>>()?;
+        let numbers = b
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| !Self::FIXED.contains(&f.name().as_str()))
+            .filter(|f| matches!(f.data_type(), DataType::Float32 | DataType::Float64))
+            .map(|f| Ok((f.name().clone(), opt_f32s(b, f.name())?)))
+            .collect::<Result<_>>()?;
         Ok(Embeddings {
             ids: strings(b, "id")?,
             audio_paths: strings(b, "audio_path")?,
             durations: f32s(b, "duration")?,
             transcriptions: strings(b, "transcription")?,
             extra,
+            numbers,
             dim,
             values,
         })
@@ -267,6 +285,7 @@ mod tests {
             durations: vec![1.5, 2.0],
             transcriptions: vec!["hello".into(), "world".into()],
             extra: vec![("domain".into(), vec![Some("x".into()), None])],
+            numbers: vec![("language_prob".into(), vec![Some(0.75), None])],
             dim: 3,
             values: vec![1.0, 2.0, 3.0, -1.0, 0.5, 0.25],
         }
@@ -370,7 +389,7 @@ mod tests {
             part.values = e.values[rows.start * 3..rows.end * 3].to_vec();
             let mut w = DatasetWriter::create(
                 &dir,
-                Embeddings::schema(3, &["domain".into()]),
+                Embeddings::schema(3, &["domain".into()], &[]),
                 &BTreeMap::new(),
                 Some(Shard { index: i, count: 2 }),
             )

@@ -19,6 +19,7 @@ pub fn write_samples(dir: &Path) -> Result<J> {
         durations: vec![1.5, 2.25, 3.125],
         transcriptions: vec!["hello world".into(), "Ünïcödé, quotes \"x\"".into(), "".into()],
         extra: vec![("domain".into(), vec![Some("us".into()), None, Some("scot".into())])],
+        numbers: Vec::new(),
         dim: 4,
         values: vec![0.5, -1.0, 2.0, 0.125, 3.0, 4.0, -5.5, 6.0, 1e-3, -2e-3, 1e6, -7.0],
     };

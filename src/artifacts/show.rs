@@ -129,6 +129,7 @@ mod tests {
             durations: vec![1.25],
             transcriptions: vec!["hello there".into()],
             extra: vec![],
+            numbers: Vec::new(),
             dim: 5,
             values: vec![0.5, -1.0, 2.0, 3.0, 4.0],
         };

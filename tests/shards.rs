@@ -7,22 +7,26 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use whisper_moe::stage::experts::ExpertsManifest;
-use whisper_moe::whisper::testing::tiny_workspace;
+use whisper_moe::whisper::testing::{artifact_hashes, tiny_workspace};
+
+fn pipeline(dir: &Path, args: &[&str]) -> (bool, String) {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pipeline"));
+    let o = Command::new(&bin)
+        .args(args)
+        .current_dir(dir)
+        .env("PATH", format!("{}:{}", bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
 
 #[test]
 fn experts_shard_by_expert_and_later_stages_read_the_parts() {
     let dir = std::env::temp_dir().join(format!("whisper-moe-shards-{}", std::process::id()));
     let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
     tiny_workspace(&dir, &manifest, 2).unwrap();
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pipeline"));
-    let o = Command::new(&bin)
-        .args(["run", "all", "--shards", "experts=2"])
-        .current_dir(&dir)
-        .env("PATH", format!("{}:{}", bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
-        .output()
-        .unwrap();
-    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "{out}");
+    let (ok, out) = pipeline(&dir, &["run", "all", "--shards", "experts=2"]);
+    assert!(ok, "{out}");
     assert!(
         out.contains("experts shard 0/2: experts 0..1 of 3") && out.contains("experts shard 1/2: experts 1..3 of 3"),
         "{out}"
@@ -59,5 +63,33 @@ fn experts_shard_by_expert_and_later_stages_read_the_parts() {
     std::fs::remove_file(experts.join("experts.shard-1-of-2.json")).unwrap();
     let e = format!("{:#}", ExpertsManifest::read(&experts).unwrap_err());
     assert!(e.contains("ran in 2 shards but the shard files are [0]"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Evaluate in 3 shards (each transcribes a slice of every set) and the merge step after them
+/// (scores, plots, report) writes what the unsharded stage writes; a stage that does not shard
+/// is refused before anything runs.
+#[test]
+fn evaluate_shards_then_merges_into_the_unsharded_outputs() {
+    let dir = std::env::temp_dir().join(format!("whisper-moe-eval-shards-{}", std::process::id()));
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
+    tiny_workspace(&dir, &manifest, 1).unwrap();
+    let (ok, out) = pipeline(&dir, &["run", "all"]);
+    assert!(ok, "{out}");
+    let evaluate = |h: std::collections::BTreeMap<String, String>| {
+        h.into_iter().filter(|(k, _)| k.starts_with("artifacts/evaluate/")).collect::<Vec<_>>()
+    };
+    let unsharded = evaluate(artifact_hashes(&dir).unwrap());
+    assert!(unsharded.len() > 10, "{unsharded:?}");
+
+    let (ok, out) = pipeline(&dir, &["run", "evaluate", "--force", "--shards", "evaluate=3"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("evaluate shard 2/3") && out.contains("merging its 3 shards"), "{out}");
+    let sharded = evaluate(artifact_hashes(&dir).unwrap());
+    assert_eq!(sharded, unsharded, "sharded evaluate wrote other outputs");
+    assert!(!dir.join("artifacts/evaluate/transcripts").exists());
+
+    let (ok, out) = pipeline(&dir, &["run", "cluster", "--force", "--shards", "cluster=2"]);
+    assert!(!ok && out.contains("stage `cluster` does not shard"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -68,6 +68,18 @@ fn check_one(m: &Manifest, stage: &super::manifest::Stage, text: &str, dir: &Pat
     })
 }
 
+/// How a stage's binary says it shards (`stage-X --describe`: `none`, `rows`, `experts`,
+/// `rows_then_merge`); None for commands that are not stage binaries or do not answer.
+pub fn sharding(m: &Manifest, stage: &super::manifest::Stage) -> Option<String> {
+    let bin = resolve_binary(&stage.cmd, &m.root)?;
+    if !bin.file_name().is_some_and(|n| n.to_string_lossy().starts_with("stage-")) {
+        return None;
+    }
+    let out = Command::new(&bin).arg("--describe").current_dir(&m.root).output().ok()?;
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    d["sharding"].as_str().map(str::to_string)
+}
+
 /// With several params keys, the stage sees an object keyed by them: the first path
 /// component of the error names which.
 fn sub_key_owner(err: &str, keys: &[String]) -> Option<String> {

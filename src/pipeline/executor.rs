@@ -40,6 +40,9 @@ pub struct Job {
     pub shards: usize,
     /// The shards still to run (all of them unless an earlier run finished some).
     pub todo: Vec<usize>,
+    /// After the shards, run the command once more with `--merge-shards N` (stages that put
+    /// their shards' parts together in a step of their own).
+    pub merge: bool,
     pub executor: Executor,
     pub slurm: SlurmOptions,
     /// Local shards at once.
@@ -61,12 +64,34 @@ impl Job {
     }
 }
 
-/// Run a job to the end: Ok when every shard succeeded.
+/// Run a job to the end: Ok when every shard (and the merge step after them) succeeded.
 pub fn run(job: &Job) -> Result<(), String> {
-    match job.executor {
-        Executor::Local => run_local(job),
-        Executor::Slurm => slurm::run(job),
+    if job.shards == 1 || !job.todo.is_empty() {
+        match job.executor {
+            Executor::Local => run_local(job)?,
+            Executor::Slurm => slurm::run(job)?,
+        }
     }
+    if job.shards > 1 && job.merge {
+        let merge = Job {
+            stage: job.stage.clone(),
+            cmd: format!("{} --merge-shards {}", job.cmd, job.shards),
+            root: job.root.clone(),
+            env: job.env.clone(),
+            state: job.state.clone(),
+            staging: job.staging.clone(),
+            prefix: format!("{}[merge] ", job.prefix),
+            shards: 1,
+            todo: vec![0],
+            merge: false,
+            executor: job.executor,
+            slurm: job.slurm.clone(),
+            parallel: 1,
+        };
+        eprintln!("{}⧗ {}: merging its {} shards", job.prefix, job.stage, job.shards);
+        return run(&merge).map_err(|e| format!("the merge step after the shards: {e}"));
+    }
+    Ok(())
 }
 
 fn run_local(job: &Job) -> Result<(), String> {

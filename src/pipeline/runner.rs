@@ -87,6 +87,18 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
     let (selected, forced) = selection(m, opts)?;
     // Every selected stage's parameters against its schema, before anything runs.
     super::check::check_params(m, &(0..n).filter(|&i| selected[i]).collect::<Vec<_>>())?;
+    // How each sharded stage shards (and that it can).
+    let mut merges = vec![false; n];
+    for i in (0..n).filter(|&i| selected[i] && shard_count(m, opts, i) > 1) {
+        match super::check::sharding(m, &m.stages[i]).as_deref() {
+            Some("none") => bail!(
+                "stage `{}` does not shard (its binary says so); drop its `shards:` / `--shards`",
+                m.stages[i].name
+            ),
+            Some("rows_then_merge") => merges[i] = true,
+            _ => {}
+        }
+    }
     let lock = Lock::load(&paths.lock)?;
     let mut cache = HashCache::open(&paths.hash_cache());
     let runs = RunCache::new(&paths.state);
@@ -162,7 +174,7 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
                         }
                     }
                 }
-                let shards = opts.shards.iter().rev().find(|(s, _)| *s == stage.name).map_or(stage.shards, |s| s.1);
+                let shards = shard_count(m, opts, i);
                 // Shards that finished in an earlier run with the same inputs are not run again.
                 let key = format!("{}|{shards}", crate::util::hash_str(&serde_json::to_string(&current)?));
                 let staging = paths.staging(&stage.name);
@@ -183,6 +195,7 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
                     prefix: if jobs > 1 { format!("[{}] ", stage.name) } else { String::new() },
                     shards,
                     todo,
+                    merge: merges[i],
                     executor,
                     slurm: stage.slurm.clone(),
                     parallel: jobs,
@@ -218,6 +231,12 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
         })
         .collect();
     Ok(out)
+}
+
+/// Stage `i`'s shard count: `--shards` over the manifest's `shards:`.
+fn shard_count(m: &Manifest, opts: &RunOptions, i: usize) -> usize {
+    let stage = &m.stages[i];
+    opts.shards.iter().rev().find(|(s, _)| *s == stage.name).map_or(stage.shards, |s| s.1)
 }
 
 /// The stages to bring up to date (the targets and everything upstream of them; all without

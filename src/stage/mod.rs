@@ -74,6 +74,9 @@ pub enum Sharding {
     /// Shard i of N trains a contiguous range of the experts (e.g. one per GPU) and writes
     /// their adapters, its part files and its own summary file, which readers put together.
     Experts,
+    /// Shard i of N works on a slice of the rows; then the runner runs the command once more
+    /// with `--merge-shards N` to put the parts together (evaluate: transcribe, then score).
+    RowsThenMerge,
 }
 
 /// One stage of the pipeline.

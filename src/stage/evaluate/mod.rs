@@ -7,17 +7,18 @@
 
 pub mod plots;
 pub mod score;
+pub mod shards;
 pub mod systems;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::Stage;
-use crate::artifacts::standard_metadata;
+use super::{Sharding, Stage};
+use crate::artifacts::{Shard, standard_metadata};
 use crate::dataset::Columns;
 use crate::eval::EvalConfig;
 use crate::eval::report::{ReportData, SystemResult, plots_dir, write_report};
@@ -66,6 +67,12 @@ pub struct EvaluatePaths {
     /// never saw, run through the same path as `pipeline transcribe --mixture`.
     #[arg(long = "heldout", value_name = "NAME=DIR")]
     pub heldout: Vec<String>,
+    /// Transcribe shard i/N's slice of every set and write it to `--out`'s `transcripts/`.
+    #[arg(long, conflicts_with = "merge_shards")]
+    pub shard: Option<Shard>,
+    /// Score, draw and report the transcripts of N shards (the step after the shards).
+    #[arg(long, value_name = "N")]
+    pub merge_shards: Option<usize>,
 }
 
 /// One line of `metrics.json`'s results.
@@ -106,16 +113,25 @@ pub struct LanguageRow {
     pub headline: &'static str,
 }
 
-/// What the stage prints: the result table and where the report is.
-pub struct EvaluateReport {
-    pub results: Vec<(String, String, Score)>,
-    pub report: PathBuf,
+/// What the stage prints: the result table and where the report is (a shard: what it wrote).
+pub enum EvaluateReport {
+    Done { results: Vec<(String, String, Score)>, report: PathBuf },
+    Shard { shard: Shard, transcripts: usize },
 }
 
 impl fmt::Display for EvaluateReport {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{}", result_table(&self.results))?;
-        write!(f, "report: {}", self.report.display())
+        match self {
+            EvaluateReport::Done { results, report } => {
+                write!(f, "{}", result_table(results))?;
+                write!(f, "report: {}", report.display())
+            }
+            EvaluateReport::Shard { shard, transcripts } => write!(
+                f,
+                "evaluate shard {}/{}: {transcripts} transcripts written (scored by the merge step)",
+                shard.index, shard.count
+            ),
+        }
     }
 }
 
@@ -124,15 +140,24 @@ pub struct Evaluate;
 impl Stage for Evaluate {
     const NAME: &'static str = "evaluate";
     const ABOUT: &'static str = "Evaluate the base model, the mixture, oracle routing and the dense baseline";
+    const SHARDING: Sharding = Sharding::RowsThenMerge;
     type Paths = EvaluatePaths;
     type Params = EvaluateParams;
     type Summary = EvaluateReport;
 
     fn run(paths: &EvaluatePaths, p: &EvaluateParams) -> Result<EvaluateReport> {
         let inp = systems::Inputs::load(paths, p)?;
-        let (runs, routing_probs) = systems::transcribe_sets(&inp, p)?;
-        let scored = score::score_runs(&inp, &runs, p)?;
         let meta = standard_metadata("evaluate", Some(&inp.ck().hash));
+        if let Some(shard) = paths.shard {
+            let (runs, routing) = systems::transcribe_sets(&inp, p, Some(shard))?;
+            let transcripts = shards::write(&paths.out, shard, &runs, &routing, &meta)?;
+            return Ok(EvaluateReport::Shard { shard, transcripts });
+        }
+        let (runs, routing_probs) = match paths.merge_shards {
+            Some(n) => shards::read(&paths.out, &inp, n)?,
+            None => systems::transcribe_sets(&inp, p, None)?,
+        };
+        let scored = score::score_runs(&inp, &runs, p)?;
         scored.predictions.write(&paths.out.join("predictions"), &meta)?;
         let first = p.splits.first().cloned().unwrap_or_default();
         let routing = score::routing_summary(&inp, &runs, &first, p.label_column.as_deref());
@@ -208,7 +233,10 @@ impl Stage for Evaluate {
             .collect();
         let metrics = Metrics { results, routing_accuracy: accuracy, routing_accuracy_by_set, by_language };
         crate::util::write_json(&paths.out.join("metrics.json"), &metrics)?;
-        Ok(EvaluateReport { results: scored.results, report: super::final_path(&report_dir.join("index.html")) })
+        if paths.merge_shards.is_some() {
+            std::fs::remove_dir_all(paths.out.join(shards::TRANSCRIPTS)).context("removing the shards' transcripts")?;
+        }
+        Ok(EvaluateReport::Done { results: scored.results, report: super::final_path(&report_dir.join("index.html")) })
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::{EvaluateParams, EvaluatePaths};
-use crate::artifacts::{CHECKPOINT_HASH, Embeddings, Grouping};
+use crate::artifacts::{CHECKPOINT_HASH, Embeddings, Grouping, Shard};
 use crate::dataset::Dataset;
 use crate::mixture::transcribe::transcribe;
 use crate::mixture::{Mixture, MixtureConfig};
@@ -202,15 +202,17 @@ pub struct Run {
 /// The mixture's routing of every evaluated utterance: (set, example, gate probabilities).
 pub type RoutingProbs = Vec<(String, usize, Vec<f32>)>;
 
-/// Every system on every evaluated set.
-pub fn transcribe_sets(inp: &Inputs, p: &EvaluateParams) -> Result<(Vec<Run>, RoutingProbs)> {
+/// Every system on every evaluated set (with `shard`, on that shard's contiguous slice of each
+/// set).
+pub fn transcribe_sets(inp: &Inputs, p: &EvaluateParams, shard: Option<Shard>) -> Result<(Vec<Run>, RoutingProbs)> {
     let ck = inp.ck();
     let mut cache = EncoderCache::new(inp.examples.len().max(1));
     let mut runs = Vec::new();
     let mut routing = Vec::new();
     for set in &inp.sets {
-        let exs: Vec<&Example> = set.examples.iter().map(|&i| &inp.examples[i]).collect();
-        let oracle: Vec<Option<usize>> = set.examples.iter().map(|&i| Some(inp.oracle[i])).collect();
+        let mine = &set.examples[shard.map_or(0..set.examples.len(), |s| s.range(set.examples.len()))];
+        let exs: Vec<&Example> = mine.iter().map(|&i| &inp.examples[i]).collect();
+        let oracle: Vec<Option<usize>> = mine.iter().map(|&i| Some(inp.oracle[i])).collect();
         for name in SYSTEMS {
             let t0 = std::time::Instant::now();
             let (experts, hyps) = match name {
@@ -220,7 +222,7 @@ pub fn transcribe_sets(inp: &Inputs, p: &EvaluateParams) -> Result<(Vec<Run>, Ro
                 }
                 "mixture" => {
                     let routed = inp.mixture.transcribe_examples(&exs, &p.eval, Some(&mut cache))?;
-                    for (&i, r) in set.examples.iter().zip(&routed) {
+                    for (&i, r) in mine.iter().zip(&routed) {
                         routing.push((set.name.clone(), i, r.probs.clone()));
                     }
                     routed.into_iter().map(|r| (Some(r.expert), r.text)).unzip()
@@ -234,7 +236,7 @@ pub fn transcribe_sets(inp: &Inputs, p: &EvaluateParams) -> Result<(Vec<Run>, Ro
                 }
             };
             eprintln!("{name} on {}: {} utterances in {:.1} s", set.name, exs.len(), t0.elapsed().as_secs_f64());
-            let rows = set.examples.iter().zip(experts).zip(hyps).map(|((&i, e), h)| (i, e, h)).collect();
+            let rows = mine.iter().zip(experts).zip(hyps).map(|((&i, e), h)| (i, e, h)).collect();
             runs.push(Run { system: name.into(), split: set.name.clone(), rows });
         }
     }

@@ -159,3 +159,28 @@ fn sharded_embed_on_slurm_equals_a_local_run() {
     let (cb, _) = whisper_moe::artifacts::Clusters::read(&remote.join("clusters/clusters")).unwrap();
     assert_eq!(ca.cluster, cb.cluster);
 }
+
+/// Evaluate sharded on Slurm: a 2-task array transcribes, then one more job (the merge step)
+/// scores and reports; the outputs equal the unsharded local run's.
+#[test]
+fn sharded_evaluate_on_slurm_merges_into_the_local_outputs() {
+    if !slurm("sharded_evaluate_on_slurm_merges_into_the_local_outputs") {
+        return;
+    }
+    use whisper_moe::whisper::testing::{artifact_hashes, tiny_workspace};
+    let dir = tmp("evaluate");
+    let manifest = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
+    tiny_workspace(&dir, &manifest, 1).unwrap();
+    let out = pipeline(&dir, &["run", "all"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let evaluate = |d: &Path| -> Vec<(String, String)> {
+        artifact_hashes(d).unwrap().into_iter().filter(|(k, _)| k.starts_with("artifacts/evaluate/")).collect()
+    };
+    let local = evaluate(&dir);
+    let out = pipeline(&dir, &["run", "evaluate", "--force", "--executor", "slurm", "--shards", "evaluate=2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("(array 0-1)") && out.stderr.contains("merging its 2 shards"), "{}", out.stderr);
+    assert_eq!(out.stderr.matches("submitted evaluate as Slurm job").count(), 2, "{}", out.stderr);
+    assert_eq!(evaluate(&dir), local);
+    let _ = fs::remove_dir_all(&dir);
+}

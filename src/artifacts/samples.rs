@@ -18,8 +18,11 @@ pub fn write_samples(dir: &Path) -> Result<J> {
         audio_paths: vec!["spk1/a.flac".into(), "spk2/b.flac".into(), "spk2/c.flac".into()],
         durations: vec![1.5, 2.25, 3.125],
         transcriptions: vec!["hello world".into(), "Ünïcödé, quotes \"x\"".into(), "".into()],
-        extra: vec![("domain".into(), vec![Some("us".into()), None, Some("scot".into())])],
-        numbers: Vec::new(),
+        extra: vec![
+            ("domain".into(), vec![Some("us".into()), None, Some("scot".into())]),
+            ("language".into(), vec![Some("en".into()), Some("de".into()), None]),
+        ],
+        numbers: vec![("language_prob".into(), vec![Some(0.9375), Some(0.5), None])],
         dim: 4,
         values: vec![0.5, -1.0, 2.0, 0.125, 3.0, 4.0, -5.5, 6.0, 1e-3, -2e-3, 1e6, -7.0],
     };
@@ -58,7 +61,8 @@ pub fn write_samples(dir: &Path) -> Result<J> {
     let expected = json!({
         "embeddings": {
             "id": e.ids, "audio_path": e.audio_paths, "duration": e.durations, "transcription": e.transcriptions,
-            "domain": e.extra[0].1, "embedding": rows(3, 4, &e.values),
+            "domain": e.extra[0].1, "language": e.extra[1].1, "language_prob": e.numbers[0].1,
+            "embedding": rows(3, 4, &e.values),
         },
         "rejected": {"id": r.ids, "audio_path": r.audio_paths, "reason": r.reasons, "detail": r.details},
         "clusters": {"id": c.ids, "cluster": c.cluster, "probs": rows(3, 3, &c.probs), "is_noise": c.is_noise},

@@ -386,10 +386,11 @@ mod tests {
             part.durations = e.durations[rows.clone()].to_vec();
             part.transcriptions = e.transcriptions[rows.clone()].to_vec();
             part.extra = vec![("domain".into(), e.extra[0].1[rows.clone()].to_vec())];
+            part.numbers = vec![("language_prob".into(), e.numbers[0].1[rows.clone()].to_vec())];
             part.values = e.values[rows.start * 3..rows.end * 3].to_vec();
             let mut w = DatasetWriter::create(
                 &dir,
-                Embeddings::schema(3, &["domain".into()], &[]),
+                Embeddings::schema(3, &["domain".into()], &["language_prob".into()]),
                 &BTreeMap::new(),
                 Some(Shard { index: i, count: 2 }),
             )

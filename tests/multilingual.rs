@@ -349,3 +349,49 @@ fn dataset_language_column_sets_each_prompt() {
     let e = format!("{:#}", prompts_of(&ck, &dir, Default::default()).unwrap_err());
     assert!(e.contains("metadata.csv row 3") && e.contains("`xx` is not a language"), "{e}");
 }
+
+/// A language column with empty cells: the embed stage keeps the dataset's languages and
+/// detects only the missing ones (probability null where given); the prompts follow.
+#[test]
+fn embed_fills_only_the_missing_languages_of_a_column() {
+    let Some((ck, r)) = load("embed_fills_only_the_missing_languages_of_a_column") else { return };
+    let dir = tmp("partial");
+    audiofolder(
+        &dir,
+        &["locale"],
+        &[
+            ("de_zug.wav", "Der Zug", vec!["de-DE"]),
+            ("es_playa.wav", "Buenos dias", vec![""]),
+            ("en_fox.wav", "The fox", vec!["en"]),
+        ],
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_stage-embed"))
+        .args(["--dataset", "metadata.csv", "--model", ck.dir.to_str().unwrap(), "--out", "emb", "--rejected", "rej"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (emb, meta) = whisper_moe::artifacts::Embeddings::read(&dir.join("emb")).unwrap();
+    assert!(meta["language"].contains("`locale`") && meta["language"].contains("where empty"), "{meta:?}");
+    let lang = |id: &str| emb.column("language").unwrap()[emb.ids.iter().position(|i| i == id).unwrap()].clone();
+    let probs = &emb.numbers.iter().find(|(n, _)| n == "language_prob").unwrap().1;
+    let prob = |id: &str| probs[emb.ids.iter().position(|i| i == id).unwrap()];
+    // de_zug is detected as Hebrew by whisper-base: the dataset's German must win.
+    assert_eq!(lang("de_zug.wav").as_deref(), Some("de-DE"));
+    assert_eq!(prob("de_zug.wav"), None);
+    assert_eq!(lang("en_fox.wav").as_deref(), Some("en"));
+    let es = r["clips"].as_array().unwrap().iter().find(|c| c["file"] == "es_playa.wav").unwrap();
+    assert_eq!(lang("es_playa.wav").as_deref(), es["detected_code"].as_str());
+    assert!((prob("es_playa.wav").unwrap() as f64 - es["detected_probability"].as_f64().unwrap()).abs() < 1e-4);
+    let detected = emb.languages();
+    let prompting = whisper_moe::train::Prompting { detected: Some(&detected), ..Default::default() };
+    let tok = |t: &str| ck.tokenizer.token_id(t).unwrap();
+    for (id, prompt) in prompts_of(&ck, &dir, prompting).unwrap() {
+        let want = match id.as_str() {
+            "de_zug.wav" => "<|de|>",
+            "es_playa.wav" => "<|es|>",
+            _ => "<|en|>",
+        };
+        assert_eq!(prompt[1], tok(want), "{id}");
+    }
+}

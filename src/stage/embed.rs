@@ -149,8 +149,9 @@ fn prepare(u: &Utterance, ck: &Checkpoint, p: &EmbedParams) -> std::result::Resu
     Ok(Prepared { utt: u.clone(), samples: d.samples.len(), features: ck.features(&d.samples) })
 }
 
-/// Columns the embed stage adds when it detects languages: the Whisper code (text) and its
-/// probability (Float32).
+/// Columns of the embeddings of a multilingual checkpoint: every utterance's language (text: the
+/// dataset's value, else the detected Whisper code) and a detected one's probability (Float32,
+/// null where the dataset gave the language).
 pub const DETECTED_COLUMNS: [&str; 2] = ["language", "language_prob"];
 
 /// Embed every row of `ds` (or the shard's slice) into `paths.out`; rejected rows go to
@@ -165,15 +166,29 @@ pub fn embed(ck: &Checkpoint, ds: &Dataset, p: &EmbedParams, paths: &EmbedPaths)
     meta.insert("model".into(), paths.model.clone());
     meta.insert("dataset".into(), ds.path.display().to_string());
     let mut extra = ds.extra_columns().to_vec();
-    // A multilingual checkpoint and no language column: detect each utterance's language once,
-    // here, so every later stage prompts with the same one.
-    let detect = ck.is_multilingual() && ds.language_index().is_none();
+    // A multilingual checkpoint: every utterance's language in `language` (the dataset's own,
+    // else detected here, once, so every later stage prompts with the same one) and the
+    // probability of a detected one in `language_prob`.
     let mut numbers = Vec::new();
-    if detect {
-        extra.push(DETECTED_COLUMNS[0].to_string());
+    let lang = ck.is_multilingual().then(|| {
+        let given = ds.language_index();
+        let out = match given {
+            Some(i) if extra[i] == DETECTED_COLUMNS[0] => i,
+            _ => {
+                extra.push(DETECTED_COLUMNS[0].to_string());
+                extra.len() - 1
+            }
+        };
         numbers.push(DETECTED_COLUMNS[1].to_string());
-        meta.insert("language".into(), "detected (transformers' detect_language)".into());
-    }
+        let how = match given {
+            Some(i) => {
+                format!("the dataset's `{}` column, detected (transformers' detect_language) where empty", extra[i])
+            }
+            None => "detected (transformers' detect_language)".into(),
+        };
+        meta.insert("language".into(), how);
+        Languages { given, out }
+    });
     let mut writer = DatasetWriter::create(&paths.out, Embeddings::schema(dim, &extra, &numbers), &meta, paths.shard)?;
     let mut rejected = Rejected::default();
     let mut progress = Progress::new("embed", range.len());
@@ -197,7 +212,7 @@ pub fn embed(ck: &Checkpoint, ds: &Dataset, p: &EmbedParams, paths: &EmbedPaths)
             }
         }
         if !ready.is_empty() {
-            writer.write(&embed_batch(ck, &mut ready, layer, p.pooling, &extra, detect, dim)?.to_batch()?)?;
+            writer.write(&embed_batch(ck, &mut ready, layer, p.pooling, &extra, lang, dim)?.to_batch()?)?;
             embedded += ready.len();
         }
         progress.inc(chunk.len());
@@ -229,6 +244,14 @@ pub fn embed(ck: &Checkpoint, ds: &Dataset, p: &EmbedParams, paths: &EmbedPaths)
     })
 }
 
+/// Where utterances' languages are in the embeddings (multilingual checkpoints): the dataset's
+/// language column (index into the extra columns), if any, and the column written.
+#[derive(Debug, Clone, Copy)]
+struct Languages {
+    given: Option<usize>,
+    out: usize,
+}
+
 /// The embeddings rows of a batch of prepared clips.
 fn embed_batch(
     ck: &Checkpoint,
@@ -236,22 +259,37 @@ fn embed_batch(
     layer: usize,
     pooling: Pooling,
     extra: &[String],
-    detect: bool,
+    lang: Option<Languages>,
     dim: usize,
 ) -> Result<Embeddings> {
     let feats: Vec<Vec<f32>> = ready.iter_mut().map(|r| std::mem::take(&mut r.features)).collect();
     let samples: Vec<usize> = ready.iter().map(|r| r.samples).collect();
     let (pooled, states) = embed_features(ck, &feats, &samples, layer, pooling);
-    let mut columns: Vec<Vec<Option<String>>> = Vec::new();
+    let mut language: Vec<Option<String>> = Vec::new();
     let mut numbers = Vec::new();
-    if detect {
-        let enc =
-            if layer >= ck.config.encoder_layers { states } else { ck.model.encoder.forward_from(states, layer, None) };
-        let found = ck.detect_language(&ck.model, enc, None)?;
-        columns.push(found.iter().map(|d| Some(d.code.clone())).collect());
-        numbers.push((DETECTED_COLUMNS[1].to_string(), found.iter().map(|d| Some(d.probability)).collect()));
+    if let Some(l) = lang {
+        let given: Vec<Option<String>> = ready
+            .iter()
+            .map(|r| l.given.and_then(|i| r.utt.extra[i].clone()).filter(|v| !v.trim().is_empty()))
+            .collect();
+        let mut prob = vec![None; ready.len()];
+        language = given.clone();
+        if given.iter().any(Option::is_none) {
+            let enc = if layer >= ck.config.encoder_layers {
+                states
+            } else {
+                ck.model.encoder.forward_from(states, layer, None)
+            };
+            for (r, d) in ck.detect_language(&ck.model, enc, None)?.into_iter().enumerate() {
+                if given[r].is_none() {
+                    language[r] = Some(d.code);
+                    prob[r] = Some(d.probability);
+                }
+            }
+        }
+        numbers.push((DETECTED_COLUMNS[1].to_string(), prob));
     }
-    let from_dataset = extra.len() - columns.len();
+    let out = lang.map(|l| l.out);
     Ok(Embeddings {
         ids: ready.iter().map(|r| r.utt.id.clone()).collect(),
         audio_paths: ready.iter().map(|r| r.utt.audio_path.clone()).collect(),
@@ -261,9 +299,10 @@ fn embed_batch(
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                let values = match i.checked_sub(from_dataset) {
-                    Some(j) => columns[j].clone(),
-                    None => ready.iter().map(|r| r.utt.extra[i].clone()).collect(),
+                let values = if Some(i) == out {
+                    language.clone()
+                } else {
+                    ready.iter().map(|r| r.utt.extra[i].clone()).collect()
                 };
                 (n.clone(), values)
             })

@@ -374,7 +374,7 @@ pub mod slurm {
         let poll = std::env::var("PIPELINE_SLURM_POLL_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0f64);
         let mut fin: BTreeMap<usize, (String, String, Option<i64>)> = BTreeMap::new();
         let mut last_report = usize::MAX;
-        let mut unlisted = 0;
+        let mut unlisted: BTreeMap<usize, u32> = BTreeMap::new();
         // An unsharded job's output is shown as it grows, as a local stage's is.
         let mut shown = 0usize;
         let single_log = logs.join(format!("pipeline:{}_{id}.out", job.stage));
@@ -416,24 +416,22 @@ pub mod slurm {
                     fin.insert(t, (state.into(), "NonZeroExitCode".into(), Some(rc << 8)));
                 }
             }
-            // Neither listed nor with an exit code, three polls running: ask accounting (sacct,
-            // when the cluster keeps it) how the tasks ended; else they were lost before they
-            // could write one (or Slurm is unreachable).
-            unlisted = if listed && tasks.iter().all(|&t| fin.contains_key(&t) || squeue_lists(&out, id, t, sharded)) {
-                0
-            } else {
-                unlisted + 1
-            };
-            if unlisted >= 3 {
-                for (t, ended) in sacct_states(id, sharded) {
-                    if tasks.contains(&t) {
-                        fin.entry(t).or_insert(ended);
-                    }
-                }
+            // A task neither listed nor with an exit code for three polls running (every task
+            // when squeue itself fails): ask accounting (sacct, when the cluster keeps it) how it
+            // ended; else it was lost before it could write one (or Slurm is unreachable).
+            for &t in tasks {
+                let gone = !fin.contains_key(&t) && (!listed || !squeue_lists(&out, id, t, sharded));
+                let n = unlisted.entry(t).or_insert(0u32);
+                *n = if gone { *n + 1 } else { 0 };
             }
-            if unlisted >= 3 {
-                for &t in tasks {
-                    fin.entry(t).or_insert_with(|| ("LOST".into(), "not in squeue and no exit code".into(), None));
+            let lost: Vec<usize> = unlisted.iter().filter(|&(_, &n)| n >= 3).map(|(&t, _)| t).collect();
+            if !lost.is_empty() {
+                let ended: BTreeMap<usize, _> = sacct_states(id, sharded).into_iter().collect();
+                for t in lost {
+                    let end = ended.get(&t).cloned();
+                    fin.entry(t).or_insert_with(|| {
+                        end.unwrap_or_else(|| ("LOST".into(), "not in squeue and no exit code".into(), None))
+                    });
                 }
             }
             for (&t, (state, _, _)) in &fin {

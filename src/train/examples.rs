@@ -72,6 +72,8 @@ pub fn examples_from_dataset(
     prompting: Prompting,
 ) -> Result<HashMap<String, Example>> {
     let lang_col = ds.language_index();
+    let stage_language =
+        prompting.language.map(crate::whisper::language::code).transpose().context("the stage's `language`")?;
     let rows: Vec<_> = ds
         .iter(0..ds.len())
         .filter(|r| r.as_ref().map(|u| ids.contains(&u.id)).unwrap_or(true))
@@ -82,12 +84,14 @@ pub fn examples_from_dataset(
             let d = u.decode().with_context(|| u.describe(ds))?;
             let d = crate::audio::to_16k(d, &u.audio_path)?;
             let text = u.text.clone().unwrap_or_default();
-            let language = match lang_col.and_then(|i| u.extra[i].as_deref()).filter(|l| !l.trim().is_empty()) {
-                Some(l) => Some(crate::whisper::language::code(l).with_context(|| u.describe(ds))?),
-                None => prompting
-                    .language
-                    .map(str::to_string)
-                    .or_else(|| prompting.detected.and_then(|m| m.get(&u.id).cloned())),
+            // Whisper's code, whatever the source wrote (`German`, `pt-BR`): prompts and the
+            // per-language scores key on it.
+            let given = lang_col.and_then(|i| u.extra[i].as_deref()).filter(|l| !l.trim().is_empty());
+            let language = match given.or_else(|| prompting.detected.and_then(|m| m.get(&u.id)).map(String::as_str)) {
+                Some(l) if given.is_some() || stage_language.is_none() => {
+                    Some(crate::whisper::language::code(l).with_context(|| u.describe(ds))?)
+                }
+                _ => stage_language.clone(),
             };
             if language.is_none() && ck.is_multilingual() {
                 if prompting.decode_only {

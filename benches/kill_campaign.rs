@@ -17,9 +17,8 @@ use whisper_moe::whisper::testing::{artifact_hashes, tiny_workspace};
 
 /// The workspace: data, held-out set, tiny model and the demo manifest with short training.
 fn fixture(dir: &Path) {
-    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
     // Three expert epochs (the e2e test takes one): checkpoints to resume from.
-    tiny_workspace(dir, &manifest, 3).unwrap();
+    tiny_workspace(dir, 3).unwrap();
 }
 
 fn bin_dir() -> PathBuf {

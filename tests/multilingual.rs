@@ -274,6 +274,20 @@ fn prompts_of(
     Ok(out)
 }
 
+/// `stage-embed` on the audiofolder in `dir` with the checkpoint; the embeddings and metadata.
+fn embed(
+    ck: &Checkpoint,
+    dir: &Path,
+) -> (whisper_moe::artifacts::Embeddings, std::collections::BTreeMap<String, String>) {
+    let o = Command::new(env!("CARGO_BIN_EXE_stage-embed"))
+        .args(["--dataset", "metadata.csv", "--model", ck.dir.to_str().unwrap(), "--out", "emb", "--rejected", "rej"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    whisper_moe::artifacts::Embeddings::read(&dir.join("emb")).unwrap()
+}
+
 /// Without a language column, the embed stage detects each clip's language (as transformers)
 /// into `language` / `language_prob`, and the training prompts built from the embeddings use it.
 #[test]
@@ -284,16 +298,10 @@ fn embed_detects_languages_and_training_prompts_use_them() {
     let rows: Vec<(&str, &str, Vec<&str>)> =
         clips.iter().map(|c| (c["file"].as_str().unwrap(), "some words", vec![])).collect();
     audiofolder(&dir, &[], &rows);
-    let o = Command::new(env!("CARGO_BIN_EXE_stage-embed"))
-        .args(["--dataset", "metadata.csv", "--model", ck.dir.to_str().unwrap(), "--out", "emb", "--rejected", "rej"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (emb, meta) = whisper_moe::artifacts::Embeddings::read(&dir.join("emb")).unwrap();
+    let (emb, meta) = embed(&ck, &dir);
     assert!(meta.get("language").is_some_and(|m| m.contains("detected")), "{meta:?}");
     let langs = emb.column("language").expect("a language column");
-    let probs = &emb.numbers.iter().find(|(n, _)| n == "language_prob").expect("a Float32 language_prob column").1;
+    let probs = emb.number("language_prob").expect("a Float32 language_prob column");
     for (i, id) in emb.ids.iter().enumerate() {
         let c = clips.iter().find(|c| c["file"] == id.as_str()).unwrap();
         assert_eq!(langs[i].as_deref(), c["detected_code"].as_str(), "{id}");
@@ -365,16 +373,10 @@ fn embed_fills_only_the_missing_languages_of_a_column() {
             ("en_fox.wav", "The fox", vec!["en"]),
         ],
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_stage-embed"))
-        .args(["--dataset", "metadata.csv", "--model", ck.dir.to_str().unwrap(), "--out", "emb", "--rejected", "rej"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (emb, meta) = whisper_moe::artifacts::Embeddings::read(&dir.join("emb")).unwrap();
+    let (emb, meta) = embed(&ck, &dir);
     assert!(meta["language"].contains("`locale`") && meta["language"].contains("where empty"), "{meta:?}");
     let lang = |id: &str| emb.column("language").unwrap()[emb.ids.iter().position(|i| i == id).unwrap()].clone();
-    let probs = &emb.numbers.iter().find(|(n, _)| n == "language_prob").unwrap().1;
+    let probs = emb.number("language_prob").unwrap();
     let prob = |id: &str| probs[emb.ids.iter().position(|i| i == id).unwrap()];
     // de_zug is detected as Hebrew by whisper-base: the dataset's German must win.
     assert_eq!(lang("de_zug.wav").as_deref(), Some("de-DE"));

@@ -12,8 +12,7 @@ use whisper_moe::whisper::testing::{artifact_hashes, running_stage, tiny_workspa
 
 fn workspace(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("whisper-moe-resume-{name}-{}", std::process::id()));
-    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
-    tiny_workspace(&dir, &manifest, 3).unwrap();
+    tiny_workspace(&dir, 3).unwrap();
     dir
 }
 

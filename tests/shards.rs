@@ -23,8 +23,7 @@ fn pipeline(dir: &Path, args: &[&str]) -> (bool, String) {
 #[test]
 fn experts_shard_by_expert_and_later_stages_read_the_parts() {
     let dir = std::env::temp_dir().join(format!("whisper-moe-shards-{}", std::process::id()));
-    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
-    tiny_workspace(&dir, &manifest, 2).unwrap();
+    tiny_workspace(&dir, 2).unwrap();
     let (ok, out) = pipeline(&dir, &["run", "all", "--shards", "experts=2"]);
     assert!(ok, "{out}");
     assert!(
@@ -72,8 +71,7 @@ fn experts_shard_by_expert_and_later_stages_read_the_parts() {
 #[test]
 fn evaluate_shards_then_merges_into_the_unsharded_outputs() {
     let dir = std::env::temp_dir().join(format!("whisper-moe-eval-shards-{}", std::process::id()));
-    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
-    tiny_workspace(&dir, &manifest, 1).unwrap();
+    tiny_workspace(&dir, 1).unwrap();
     let (ok, out) = pipeline(&dir, &["run", "all"]);
     assert!(ok, "{out}");
     let evaluate = |h: std::collections::BTreeMap<String, String>| {

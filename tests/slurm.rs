@@ -37,17 +37,7 @@ fn slurm(test: &str) -> bool {
         return true;
     }
     let problem = "no Slurm: start one with `eval \"$(scripts/slurm_local.sh start)\"` (scripts/test.sh does under CI)";
-    if common::in_ci() {
-        panic!("{test} needs Slurm and CI is set: {problem}");
-    }
-    eprintln!("\n*** SKIPPED {test}: {problem} ***\n");
-    if let Some(log) = std::env::var_os("WHISPER_MOE_SKIPS") {
-        use std::io::Write;
-        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{test}: {problem}");
-        }
-    }
-    false
+    common::skip_or_fail::<()>(test, "Slurm", problem).is_some()
 }
 
 /// A stage of 3 shards whose shard 1 fails while `fail1` exists; every shard appends its
@@ -169,8 +159,7 @@ fn sharded_evaluate_on_slurm_merges_into_the_local_outputs() {
     }
     use whisper_moe::whisper::testing::{artifact_hashes, tiny_workspace};
     let dir = tmp("evaluate");
-    let manifest = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml")).unwrap();
-    tiny_workspace(&dir, &manifest, 1).unwrap();
+    tiny_workspace(&dir, 1).unwrap();
     let out = pipeline(&dir, &["run", "all"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let evaluate = |d: &Path| -> Vec<(String, String)> {

@@ -68,6 +68,11 @@ impl Embeddings {
         self.extra.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
 
+    /// A numeric metadata column by name.
+    pub fn number(&self, name: &str) -> Option<&[Option<f32>]> {
+        self.numbers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+    }
+
     /// The `language` column by utterance id (what the embed stage detected, or the dataset's
     /// own column carried over); empty without one.
     pub fn languages(&self) -> std::collections::HashMap<String, String> {

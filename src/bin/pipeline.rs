@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use whisper_moe::mixture::transcribe::Transcript;
 use whisper_moe::pipeline::hash::HashCache;
 use whisper_moe::pipeline::lock::Lock;
 use whisper_moe::pipeline::run_cache::RunCache;
@@ -205,15 +206,9 @@ struct TranscribeArgs {
     language: Option<String>,
     /// transcribe, or translate into English (multilingual checkpoints).
     #[arg(long, value_enum, default_value = "transcribe")]
-    task: TaskArg,
+    task: whisper_moe::whisper::Task,
     #[arg(required = true)]
     files: Vec<PathBuf>,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum TaskArg {
-    Transcribe,
-    Translate,
 }
 
 #[derive(Subcommand)]
@@ -516,16 +511,14 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
             Runner::Plain(ck, expert)
         }
     };
-    let task = match args.task {
-        TaskArg::Transcribe => whisper_moe::whisper::Task::Transcribe,
-        TaskArg::Translate => whisper_moe::whisper::Task::Translate,
-    };
+    let task = args.task;
     let language = args.language.as_deref().map(whisper_moe::whisper::language::code).transpose()?;
     // Refuse what the checkpoint cannot do before reading any audio.
-    match &runner {
-        Runner::Plain(ck, _) => ck.prompt(Some(language.as_deref().unwrap_or("en")), task).map(drop)?,
-        Runner::Mixture(m) => m.ck.prompt(Some(language.as_deref().unwrap_or("en")), task).map(drop)?,
-    }
+    let ck = match &runner {
+        Runner::Plain(ck, _) => ck,
+        Runner::Mixture(m) => &m.ck,
+    };
+    ck.prompt(Some(language.as_deref().unwrap_or("en")), task)?;
     let mut failed = false;
     for chunk in args.files.chunks(args.batch_size.max(1)) {
         let mut clips = Vec::new();
@@ -549,30 +542,25 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
                 for (clip, t) in clips.iter().zip(texts) {
                     if args.json {
                         let mut j = serde_json::json!({"file": clip.id, "text": t.text});
-                        if let Some(l) = &t.language {
-                            j["language"] = l.as_str().into();
-                            j["language_prob"] = t.language_prob.map(|p| p as f64).into();
-                        }
+                        add_language(&mut j, &t);
                         println!("{j}");
                     } else {
-                        println!("{}\t{}{}", clip.id, language_note(&t.language, t.language_prob), t.text);
+                        println!("{}\t{}{}", clip.id, language_note(&t), t.text);
                     }
                 }
             }
             Runner::Mixture(m) => {
                 for (clip, r) in clips.iter().zip(m.transcribe_examples(&refs, &opts, None)?) {
+                    let t = &r.transcript;
                     if args.json {
                         let mut j =
-                            serde_json::json!({"file": clip.id, "text": r.text, "expert": r.expert, "probs": r.probs});
-                        if let Some(l) = &r.language {
-                            j["language"] = l.as_str().into();
-                            j["language_prob"] = r.language_prob.map(|p| p as f64).into();
-                        }
+                            serde_json::json!({"file": clip.id, "text": t.text, "expert": r.expert, "probs": r.probs});
+                        add_language(&mut j, t);
                         println!("{j}");
                     } else {
                         let p: Vec<String> = r.probs.iter().map(|p| format!("{p:.3}")).collect();
-                        let lang = language_note(&r.language, r.language_prob);
-                        println!("{}\t{lang}{}\texpert {} (p = {})", clip.id, r.text, r.expert, p.join(" "));
+                        let lang = language_note(t);
+                        println!("{}\t{lang}{}\texpert {} (p = {})", clip.id, t.text, r.expert, p.join(" "));
                     }
                 }
             }
@@ -583,11 +571,19 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
 
 /// "[de 0.95] " before a detected language's text, "[de] " before a given one, nothing for
 /// English-only checkpoints.
-fn language_note(language: &Option<String>, prob: Option<f32>) -> String {
-    match (language, prob) {
+fn language_note(t: &Transcript) -> String {
+    match (&t.language, t.language_prob) {
         (Some(l), Some(p)) => format!("[{l} {p:.2}] "),
         (Some(l), None) => format!("[{l}] "),
         (None, _) => String::new(),
+    }
+}
+
+/// `language` and `language_prob` (null when given) in a clip's JSON line (multilingual only).
+fn add_language(j: &mut serde_json::Value, t: &Transcript) {
+    if let Some(l) = &t.language {
+        j["language"] = l.as_str().into();
+        j["language_prob"] = t.language_prob.map(|p| p as f64).into();
     }
 }
 

@@ -131,20 +131,21 @@ fn remove_symbols_and_diacritics(s: &str, keep: &str) -> String {
 
 /// Whisper's `BasicTextNormalizer()` (see the module docs), trimmed.
 pub fn basic(s: &str) -> String {
-    let s = s.to_lowercase();
-    let s = BRACKETS.replace_all(&s, "");
-    let s = PARENS.replace_all(&s, "");
-    let s = remove_symbols(&s).to_lowercase();
-    SPACES.replace_all(&s, " ").trim().to_string()
+    basic_with(s, remove_symbols)
 }
 
 /// Whisper's `BasicTextNormalizer(remove_diacritics=True)`, trimmed: as [`basic`], but NFKD
 /// with the diacritics dropped (and œ æ ø ß ð þ đ ł spelled in ASCII).
 pub fn basic_remove_diacritics(s: &str) -> String {
+    basic_with(s, |s| remove_symbols_and_diacritics(s, ""))
+}
+
+/// basic.py `BasicTextNormalizer.__call__` with its symbol remover.
+fn basic_with(s: &str, remove: impl Fn(&str) -> String) -> String {
     let s = s.to_lowercase();
     let s = BRACKETS.replace_all(&s, "");
     let s = PARENS.replace_all(&s, "");
-    let s = remove_symbols_and_diacritics(&s, "").to_lowercase();
+    let s = remove(&s).to_lowercase();
     SPACES.replace_all(&s, " ").trim().to_string()
 }
 

@@ -67,12 +67,10 @@ pub struct Mixture {
 /// One routed transcription.
 #[derive(Debug, Clone, Serialize)]
 pub struct Routed {
-    pub text: String,
+    /// The text and the prompt's language.
+    pub transcript: transcribe::Transcript,
     pub expert: usize,
     pub probs: Vec<f32>,
-    /// The prompt's language (multilingual checkpoints) and, when detected, its probability.
-    pub language: Option<String>,
-    pub language_prob: Option<f32>,
 }
 
 impl Mixture {
@@ -158,13 +156,7 @@ impl Mixture {
             let experts: Vec<Option<usize>> = routes.top1().into_iter().map(Some).collect();
             let texts = transcribe::transcribe_detailed(&self.ck, &self.model, chunk, &experts, opts, Some(c))?;
             for (i, t) in texts.into_iter().enumerate() {
-                out.push(Routed {
-                    text: t.text,
-                    expert: experts[i].unwrap(),
-                    probs: routes.row(i).to_vec(),
-                    language: t.language,
-                    language_prob: t.language_prob,
-                });
+                out.push(Routed { transcript: t, expert: experts[i].unwrap(), probs: routes.row(i).to_vec() });
             }
         }
         Ok(out)

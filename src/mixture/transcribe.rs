@@ -49,7 +49,7 @@ pub fn encode(
 
 /// One decoded clip: its text and the language of its prompt, with the probability when it was
 /// detected (multilingual checkpoints; None for English-only ones).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Transcript {
     pub text: String,
     pub language: Option<String>,

@@ -21,11 +21,14 @@ pub fn check_params(m: &Manifest, which: &[usize]) -> Result<(), ManifestError> 
     result
 }
 
+/// The stage binary (`stage-*`) a stage's command runs, if it runs one.
+fn stage_binary(m: &Manifest, stage: &super::manifest::Stage) -> Option<std::path::PathBuf> {
+    resolve_binary(&stage.cmd, &m.root)
+        .filter(|b| b.file_name().is_some_and(|n| n.to_string_lossy().starts_with("stage-")))
+}
+
 fn check_one(m: &Manifest, stage: &super::manifest::Stage, text: &str, dir: &Path) -> Result<(), ManifestError> {
-    let Some(bin) = resolve_binary(&stage.cmd, &m.root) else { return Ok(()) };
-    if !bin.file_name().is_some_and(|n| n.to_string_lossy().starts_with("stage-")) {
-        return Ok(());
-    }
+    let Some(bin) = stage_binary(m, stage) else { return Ok(()) };
     let file = dir.join(format!("{}.json", stage.name));
     let params = serde_json::to_string(&m.stage_params(stage)).unwrap_or_default();
     if std::fs::write(&file, params).is_err() {
@@ -68,16 +71,13 @@ fn check_one(m: &Manifest, stage: &super::manifest::Stage, text: &str, dir: &Pat
     })
 }
 
-/// How a stage's binary says it shards (`stage-X --describe`: `none`, `rows`, `experts`,
-/// `rows_then_merge`); None for commands that are not stage binaries or do not answer.
-pub fn sharding(m: &Manifest, stage: &super::manifest::Stage) -> Option<String> {
-    let bin = resolve_binary(&stage.cmd, &m.root)?;
-    if !bin.file_name().is_some_and(|n| n.to_string_lossy().starts_with("stage-")) {
-        return None;
-    }
+/// How a stage's binary says it shards (`stage-X --describe`); None for commands that are not
+/// stage binaries or do not answer.
+pub fn sharding(m: &Manifest, stage: &super::manifest::Stage) -> Option<super::executor::Sharding> {
+    let bin = stage_binary(m, stage)?;
     let out = Command::new(&bin).arg("--describe").current_dir(&m.root).output().ok()?;
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    d["sharding"].as_str().map(str::to_string)
+    serde_json::from_value(d["sharding"].clone()).ok()
 }
 
 /// With several params keys, the stage sees an object keyed by them: the first path

@@ -25,7 +25,25 @@ use serde::{Deserialize, Serialize};
 
 use super::manifest::{Executor, SlurmOptions};
 
+/// How a stage can be split across processes or machines (`--shard i/N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sharding {
+    /// One process does all the work.
+    None,
+    /// Shard i of N takes a contiguous slice of the input rows and writes its own part files
+    /// of the stage's datasets; the parts together are the output (no merge step).
+    Rows,
+    /// Shard i of N trains a contiguous range of the experts (e.g. one per GPU) and writes
+    /// their adapters, its part files and its own summary file, which readers put together.
+    Experts,
+    /// Shard i of N works on a slice of the rows; then the runner runs the command once more
+    /// with `--merge-shards N` to put the parts together (evaluate: transcribe, then score).
+    RowsThenMerge,
+}
+
 /// One stage to run, as the runner hands it over.
+#[derive(Clone)]
 pub struct Job {
     pub stage: String,
     /// The command with its outs pointing into the staging directory.
@@ -74,19 +92,13 @@ pub fn run(job: &Job) -> Result<(), String> {
     }
     if job.shards > 1 && job.merge {
         let merge = Job {
-            stage: job.stage.clone(),
             cmd: format!("{} --merge-shards {}", job.cmd, job.shards),
-            root: job.root.clone(),
-            env: job.env.clone(),
-            state: job.state.clone(),
-            staging: job.staging.clone(),
             prefix: format!("{}[merge] ", job.prefix),
             shards: 1,
             todo: vec![0],
             merge: false,
-            executor: job.executor,
-            slurm: job.slurm.clone(),
             parallel: 1,
+            ..job.clone()
         };
         eprintln!("{}⧗ {}: merging its {} shards", job.prefix, job.stage, job.shards);
         return run(&merge).map_err(|e| format!("the merge step after the shards: {e}"));

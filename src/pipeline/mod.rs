@@ -10,5 +10,6 @@ pub mod runner;
 pub mod status;
 pub mod sweep;
 
+pub use executor::Sharding;
 pub use manifest::{Manifest, ManifestError};
 pub use runner::{Outcome, RunOptions, run};

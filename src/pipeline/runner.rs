@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use super::executor::Sharding;
 pub use super::executor::interrupted;
 use super::executor::{self, Job};
 use super::hash::HashCache;
@@ -90,12 +91,12 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
     // How each sharded stage shards (and that it can).
     let mut merges = vec![false; n];
     for i in (0..n).filter(|&i| selected[i] && shard_count(m, opts, i) > 1) {
-        match super::check::sharding(m, &m.stages[i]).as_deref() {
-            Some("none") => bail!(
+        match super::check::sharding(m, &m.stages[i]) {
+            Some(Sharding::None) => bail!(
                 "stage `{}` does not shard (its binary says so); drop its `shards:` / `--shards`",
                 m.stages[i].name
             ),
-            Some("rows_then_merge") => merges[i] = true,
+            Some(Sharding::RowsThenMerge) => merges[i] = true,
             _ => {}
         }
     }

@@ -62,22 +62,8 @@ pub fn checkpoint_and_grouping(
     Ok((ck, g))
 }
 
-/// How a stage can be split across processes or machines (`--shard i/N`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Sharding {
-    /// One process does all the work.
-    None,
-    /// Shard i of N takes a contiguous slice of the input rows and writes its own part files
-    /// of the stage's datasets; the parts together are the output (no merge step).
-    Rows,
-    /// Shard i of N trains a contiguous range of the experts (e.g. one per GPU) and writes
-    /// their adapters, its part files and its own summary file, which readers put together.
-    Experts,
-    /// Shard i of N works on a slice of the rows; then the runner runs the command once more
-    /// with `--merge-shards N` to put the parts together (evaluate: transcribe, then score).
-    RowsThenMerge,
-}
+/// How a stage shards: the runner's protocol with the stage binaries.
+pub use crate::pipeline::Sharding;
 
 /// One stage of the pipeline.
 pub trait Stage {

@@ -62,11 +62,6 @@ pub fn code(s: &str) -> Result<String> {
     )
 }
 
-/// The English name of a code (`de` -> `german`).
-pub fn name(code: &str) -> Option<&'static str> {
-    LANGUAGES.iter().find(|(c, _)| *c == code).map(|(_, n)| *n)
-}
-
 /// Languages written without spaces between words, where WER means little and CER is the
 /// headline (openai-whisper's evaluation splits these into characters).
 pub fn without_spaces(code: &str) -> bool {
@@ -96,7 +91,6 @@ mod tests {
         let e = code("klingon").unwrap_err().to_string();
         assert!(e.contains("klingon"), "{e}");
         assert!(code("xx-YY").is_err());
-        assert_eq!(name("nl"), Some("dutch"));
         // token order: en is 50259 in every multilingual tokenizer, su the 99th.
         assert_eq!(LANGUAGES[0].0, "en");
         assert_eq!(LANGUAGES[98].0, "su");

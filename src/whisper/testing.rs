@@ -261,9 +261,10 @@ pub fn tiny_demo_manifest(demo: &str, expert_epochs: usize) -> String {
 
 /// A workspace for whole-pipeline runs on the tiny model: `data/` (three domains of
 /// [`domain_tone`] clips, 8 each, audiofolder), `heldout/` (2 each, NeMo JSONL), `tiny-model/`
-/// and `pipeline.yaml` (the repository's `demo` manifest through [`tiny_demo_manifest`]). The
+/// and `pipeline.yaml` (the repository's demo manifest through [`tiny_demo_manifest`]). The
 /// kill campaign and the resume test run in it.
-pub fn tiny_workspace(dir: &Path, demo: &str, expert_epochs: usize) -> Result<()> {
+pub fn tiny_workspace(dir: &Path, expert_epochs: usize) -> Result<()> {
+    let demo = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml"))?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("data/audio"))?;
     std::fs::create_dir_all(dir.join("heldout"))?;
@@ -287,7 +288,7 @@ pub fn tiny_workspace(dir: &Path, demo: &str, expert_epochs: usize) -> Result<()
     }
     std::fs::write(dir.join("data/metadata.csv"), csv)?;
     std::fs::write(dir.join("heldout/manifest.jsonl"), jsonl)?;
-    std::fs::write(dir.join("pipeline.yaml"), tiny_demo_manifest(demo, expert_epochs))?;
+    std::fs::write(dir.join("pipeline.yaml"), tiny_demo_manifest(&demo, expert_epochs))?;
     Ok(())
 }
 

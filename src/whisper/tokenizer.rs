@@ -13,7 +13,7 @@ pub struct WhisperTokenizer {
 }
 
 /// What the decoder is asked to do (multilingual checkpoints only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     #[default]

@@ -42,7 +42,7 @@ pub fn shared(test: &str) -> Option<PathBuf> {
 
 /// A test whose input is missing: under CI it fails; elsewhere it is skipped loudly (stderr and
 /// the WHISPER_MOE_SKIPS file). Returns None for the caller to return.
-fn skip_or_fail<T>(test: &str, needs: &str, problem: &str) -> Option<T> {
+pub fn skip_or_fail<T>(test: &str, needs: &str, problem: &str) -> Option<T> {
     if in_ci() {
         panic!("{test} needs {needs} and CI is set: {problem}");
     }

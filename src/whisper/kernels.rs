@@ -4,7 +4,21 @@
 //! GELU with a vectorised erf. Used only on the flex device without autodiff; training
 //! keeps burn's differentiable ops.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rayon::prelude::*;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Switch the kernels off (or on again) for the whole process: the CPU backend then runs the
+/// same generic burn ops as a GPU does (`gpu-check` compares the two paths).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// exp(x) for x <= 0 (softmax after subtracting the row max): n = round(x / ln 2) and
 /// r = x - n ln 2 in two parts (Cody-Waite), e^r by its degree-7 Taylor polynomial on

@@ -34,7 +34,13 @@ pub fn device(spec: &str) -> Result<Device> {
             #[cfg(feature = "cuda")]
             {
                 let index: usize = s.strip_prefix("cuda:").map(str::parse).transpose()?.unwrap_or(0);
-                Ok(Device::cuda(index))
+                let device = Device::cuda(index);
+                usable(&device).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--device {s}: no usable CUDA GPU ({e}); use --device cpu, or a machine with an NVIDIA GPU and its driver"
+                    )
+                })?;
+                Ok(device)
             }
             #[cfg(not(feature = "cuda"))]
             anyhow::bail!(
@@ -43,6 +49,22 @@ pub fn device(spec: &str) -> Result<Device> {
         }
         other => anyhow::bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
     }
+}
+
+/// Does a first operation on `device` work? CUDA's runtime panics (no driver library, no GPU,
+/// a bad index) where a stage needs an error message instead.
+#[cfg(feature = "cuda")]
+fn usable(device: &Device) -> Result<(), String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(|| Tensor::<1>::ones([1], device).into_data());
+    std::panic::set_hook(hook);
+    r.map(|_| ()).map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    })
 }
 
 /// A detected language: its code, token id and probability.

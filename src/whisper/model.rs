@@ -12,9 +12,10 @@ use crate::lora::{MultiLora, Route};
 
 const LN_EPS: f64 = 1e-5;
 
-/// Plain flex tensors (no autodiff, not on a GPU) take the hand-written CPU kernels.
+/// Plain flex tensors (no autodiff, not on a GPU) take the hand-written CPU kernels, unless
+/// they are switched off ([`super::kernels::set_enabled`]).
 fn inference_on_cpu<const D: usize>(t: &Tensor<D>) -> bool {
-    !t.is_autodiff() && t.device() == Device::flex()
+    super::kernels::enabled() && !t.is_autodiff() && t.device() == Device::flex()
 }
 
 /// Exact GELU; the vectorised kernel at inference on CPU.

@@ -87,7 +87,9 @@ impl Checkpoint {
 
 /// Hands out tensors by name and records every problem for one final report.
 pub struct Loader<'a> {
-    ckpt: &'a Checkpoint,
+    /// None: random weights ([`Loader::random`]).
+    ckpt: Option<&'a Checkpoint>,
+    rng: rand::rngs::StdRng,
     device: Device,
     used: BTreeSet<String>,
     missing: Vec<String>,
@@ -98,7 +100,22 @@ pub struct Loader<'a> {
 impl<'a> Loader<'a> {
     pub fn new(ckpt: &'a Checkpoint, device: &Device) -> Loader<'a> {
         Loader {
-            ckpt,
+            ckpt: Some(ckpt),
+            rng: rand::SeedableRng::seed_from_u64(0),
+            device: device.clone(),
+            used: BTreeSet::new(),
+            missing: Vec::new(),
+            wrong_shape: Vec::new(),
+            other: Vec::new(),
+        }
+    }
+
+    /// Random weights for a model of any size without a file (`gpu-check`): layer-norm gains
+    /// 1 and shifts 0, every other tensor uniform with standard deviation 0.02.
+    pub fn random(seed: u64, device: &Device) -> Loader<'static> {
+        Loader {
+            ckpt: None,
+            rng: rand::SeedableRng::seed_from_u64(seed),
             device: device.clone(),
             used: BTreeSet::new(),
             missing: Vec::new(),
@@ -113,12 +130,24 @@ impl<'a> Loader<'a> {
 
     fn values(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
         let n: usize = shape.iter().product();
-        if !self.ckpt.contains(name) {
+        let Some(ckpt) = self.ckpt else {
+            use rand::Rng;
+            let norm = name.contains("layer_norm.");
+            return match (norm, name.ends_with(".weight")) {
+                (true, true) => vec![1.0; n],
+                (true, false) => vec![0.0; n],
+                _ => {
+                    let a = 0.02 * 3f32.sqrt();
+                    (0..n).map(|_| self.rng.random_range(-a..a)).collect()
+                }
+            };
+        };
+        if !ckpt.contains(name) {
             self.missing.push(name.to_string());
             return vec![0.0; n];
         }
         self.used.insert(name.to_string());
-        match self.ckpt.read_f32(name) {
+        match ckpt.read_f32(name) {
             Ok((s, v)) if s == shape => v,
             Ok((s, _)) => {
                 self.wrong_shape.push(format!("{name}: {s:?} in the file, {shape:?} expected"));
@@ -152,8 +181,8 @@ impl<'a> Loader<'a> {
     /// Fail with every problem at once: missing and mis-shaped tensors, and tensors in the
     /// file that nothing used (except those in `ignorable`).
     pub fn finish(self, ignorable: &[&str]) -> Result<()> {
-        let unexpected: Vec<&String> = self
-            .ckpt
+        let Some(ckpt) = self.ckpt else { return Ok(()) };
+        let unexpected: Vec<&String> = ckpt
             .names()
             .filter(|n| !self.used.contains(*n) && !ignorable.contains(&n.as_str()))
             .collect::<BTreeSet<_>>()

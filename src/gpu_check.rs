@@ -1,0 +1,375 @@
+//! `gpu-check`: a self-contained check of a compute device, small enough to carry to a GPU
+//! machine without network. Random weights of a named Whisper config are generated in-process
+//! (no checkpoint); the device's encoder output, decoder logits, and one multi-expert LoRA
+//! training step (loss and every adapter gradient) are compared with the CPU reference; then
+//! throughput is timed on the device.
+//!
+//! With `--device cpu` the "device" is the CPU backend with the hand-written kernels switched
+//! off (`whisper::kernels::set_enabled(false)`), i.e. the generic burn ops a GPU runs, and the
+//! reference is the CPU backend with its kernels: CI checks the device-generic path this way.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::module::Param;
+use burn::prelude::*;
+use serde::Serialize;
+
+use crate::lora::{LoraConfig, Route, Targets};
+use crate::train::optim::GradMap;
+use crate::whisper::model::Whisper;
+use crate::whisper::weights::Loader;
+use crate::whisper::{WhisperConfig, kernels};
+
+/// What to check.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Config names (WhisperConfig::named).
+    pub configs: Vec<String>,
+    /// Encoder and decoder layers, overriding the config's depth (a large config's widths,
+    /// mel bins and vocabulary at a fraction of the cost).
+    pub layers: Option<usize>,
+    pub experts: usize,
+    pub rank: usize,
+    /// 30-s windows per batch.
+    pub batch: usize,
+    /// Timed repetitions per throughput figure (0: comparisons only).
+    pub repeat: usize,
+    /// Tokens per teacher-forced sequence.
+    pub tokens: usize,
+    pub seed: u64,
+}
+
+/// Largest absolute difference relative to the reference's largest absolute value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub what: String,
+    pub max_abs_diff: f64,
+    pub max_abs_reference: f64,
+    pub relative: f64,
+    pub tolerance: f64,
+    pub ok: bool,
+}
+
+/// One config's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigReport {
+    pub config: String,
+    pub d_model: usize,
+    pub layers: usize,
+    pub num_mel_bins: usize,
+    pub vocab_size: usize,
+    pub parameters: usize,
+    pub comparisons: Vec<Comparison>,
+    /// 30-s windows per second through the encoder (inference).
+    pub encoder_windows_per_s: Option<f64>,
+    /// Clips per second of a training step (forward and backward) where each clip goes
+    /// through one expert (top-1 hard routing) and through every expert (the soft phase).
+    pub train_clips_per_s_top1: Option<f64>,
+    pub train_clips_per_s_soft: Option<f64>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub device: String,
+    /// What the device path is compared with.
+    pub reference: String,
+    pub configs: Vec<ConfigReport>,
+    /// Peak resident memory of this process (host), MiB.
+    pub peak_host_mib: Option<f64>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.configs.iter().all(|c| c.comparisons.iter().all(|x| x.ok))
+    }
+}
+
+/// fp32 everywhere: the device may order sums differently (GEMM blocking, fused attention),
+/// nothing more.
+pub const TOLERANCE: f64 = 1e-3;
+
+pub fn run(o: &Options) -> Result<Report> {
+    let device = crate::whisper::device(&o.device)?;
+    let cpu = Device::flex();
+    let on_cpu = device == cpu;
+    let mut configs = Vec::new();
+    for name in &o.configs {
+        let mut cfg = WhisperConfig::named(name)?;
+        if let Some(l) = o.layers {
+            (cfg.encoder_layers, cfg.decoder_layers) = (l, l);
+        }
+        eprintln!(
+            "gpu-check: {name} (d_model {}, {} layers, {} mel bins, vocabulary {}) on {}",
+            cfg.d_model, cfg.encoder_layers, cfg.num_mel_bins, cfg.vocab_size, o.device
+        );
+        configs.push(check_config(name, &cfg, o, &cpu, &device, on_cpu)?);
+    }
+    Ok(Report {
+        device: o.device.clone(),
+        reference: if on_cpu {
+            "the CPU backend with its hand-written kernels (device: the same backend, generic burn ops only)".into()
+        } else {
+            "the CPU backend".into()
+        },
+        configs,
+        peak_host_mib: peak_rss_mib(),
+    })
+}
+
+fn random_model(cfg: &WhisperConfig, seed: u64, device: &Device) -> Whisper {
+    let mut l = Loader::random(seed, device);
+    Whisper::load(cfg, &mut l)
+}
+
+/// Deterministic inputs: log-mel-like values and token ids from a seeded generator.
+fn inputs(cfg: &WhisperConfig, o: &Options) -> (TensorData, TensorData) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed ^ 0x5eed);
+    let n = o.batch * cfg.num_mel_bins * crate::audio::mel::N_FRAMES;
+    let mel: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut tok = Vec::with_capacity(o.batch * o.tokens);
+    for _ in 0..o.batch {
+        tok.push(cfg.decoder_start_token_id as i64);
+        for _ in 1..o.tokens {
+            tok.push(rng.random_range(0..cfg.eos_token_id as i64));
+        }
+    }
+    (
+        TensorData::new(mel, [o.batch, cfg.num_mel_bins, crate::audio::mel::N_FRAMES]),
+        TensorData::new(tok, [o.batch, o.tokens]),
+    )
+}
+
+fn check_config(
+    name: &str,
+    cfg: &WhisperConfig,
+    o: &Options,
+    cpu: &Device,
+    device: &Device,
+    on_cpu: bool,
+) -> Result<ConfigReport> {
+    let (mel, tokens) = inputs(cfg, o);
+    let mut comparisons = Vec::new();
+
+    // Inference: the reference on the CPU (kernels on), then the device (generic ops).
+    let reference = random_model(cfg, o.seed, cpu);
+    let parameters = count(&reference);
+    kernels::set_enabled(true);
+    let enc_ref = reference.encoder.forward(Tensor::from_data(mel.clone(), cpu), None);
+    let logits_ref = reference.decoder.forward(Tensor::from_data(tokens.clone(), cpu), enc_ref.clone(), None);
+    let model = if on_cpu { reference } else { random_model(cfg, o.seed, device) };
+    kernels::set_enabled(!on_cpu);
+    let enc = model.encoder.forward(Tensor::from_data(mel.clone(), device), None);
+    let logits = model.decoder.forward(Tensor::from_data(tokens.clone(), device), enc.clone(), None);
+    comparisons.push(compare("encoder output", enc_ref.into_data(), enc.into_data())?);
+    comparisons.push(compare("decoder logits", logits_ref.into_data(), logits.into_data())?);
+    drop(model);
+
+    // One training step of a multi-expert LoRA (adapters on q/v everywhere, B random so that
+    // every gradient is non-zero), clip i through expert i mod E.
+    let (loss_ref, grads_ref) = train_step(cfg, o, &cpu.clone().autodiff(), &mel, &tokens)?;
+    let (loss, grads) = train_step(cfg, o, &device.clone().autodiff(), &mel, &tokens)?;
+    comparisons.push(compare("training loss", TensorData::from([loss_ref]), TensorData::from([loss]))?);
+    let mut worst: Option<Comparison> = None;
+    for (k, g_ref) in &grads_ref {
+        let Some(g) = grads.get(k) else { bail!("the device has no gradient for {k}") };
+        let c = compare(&format!("gradient {k}"), g_ref.clone(), g.clone())?;
+        if worst.as_ref().is_none_or(|w| c.relative > w.relative) {
+            worst = Some(c);
+        }
+    }
+    let mut worst = worst.ok_or_else(|| anyhow::anyhow!("no adapter gradients"))?;
+    worst.what = format!("LoRA gradients ({} tensors; worst: {})", grads_ref.len(), worst.what);
+    comparisons.push(worst);
+    kernels::set_enabled(true);
+
+    let (mut enc_rate, mut top1, mut soft) = (None, None, None);
+    if o.repeat > 0 {
+        kernels::set_enabled(!on_cpu);
+        let model = random_model(cfg, o.seed, device);
+        enc_rate = Some(timed(o.repeat, o.batch, || {
+            model.encoder.forward(Tensor::from_data(mel.clone(), device), None).into_data();
+        }));
+        drop(model);
+        kernels::set_enabled(true);
+        let ad = device.clone().autodiff();
+        let mut m = random_model(cfg, o.seed, &ad);
+        attach(&mut m, o, &ad)?;
+        let step = |per_clip: usize| {
+            timed(o.repeat, o.batch, || {
+                let _ = routed_loss(&m, o, &ad, &mel, &tokens, per_clip).backward();
+            })
+        };
+        top1 = Some(step(1));
+        soft = Some(step(o.experts));
+    }
+    Ok(ConfigReport {
+        config: name.to_string(),
+        d_model: cfg.d_model,
+        layers: cfg.encoder_layers,
+        num_mel_bins: cfg.num_mel_bins,
+        vocab_size: cfg.vocab_size,
+        parameters,
+        comparisons,
+        encoder_windows_per_s: enc_rate,
+        train_clips_per_s_top1: top1,
+        train_clips_per_s_soft: soft,
+    })
+}
+
+/// Parameters as transformers counts them: the output projection is the token embedding
+/// (tied), which this model keeps a transposed copy of.
+fn count(m: &Whisper) -> usize {
+    m.num_params() - m.decoder.lm_head.val().shape().num_elements()
+}
+
+/// LoRA on q/v of every layer, with B drawn like A (fresh adapters have B = 0, which would
+/// leave A's gradients at zero and prove nothing).
+fn attach(m: &mut Whisper, o: &Options, device: &Device) -> Result<()> {
+    let lora = LoraConfig {
+        r: o.rank,
+        alpha: 2.0 * o.rank as f64,
+        dropout: 0.0,
+        target_modules: Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+        use_rslora: false,
+    };
+    device.seed(o.seed);
+    m.attach_lora(&lora, o.experts, device)?;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed ^ 0xb);
+    for (_, proj) in m.projs_mut() {
+        let Some(l) = proj.lora.as_mut() else { continue };
+        let dims = l.b.dims();
+        let v: Vec<f32> = (0..dims.iter().product()).map(|_| rng.random_range(-0.02f32..0.02)).collect();
+        let a = l.a.val().into_data();
+        l.a = Param::initialized(l.a.id, Tensor::from_data(a, device).require_grad());
+        l.b = Param::initialized(l.b.id, Tensor::from_data(TensorData::new(v, dims), device).require_grad());
+    }
+    Ok(())
+}
+
+/// Mean next-token cross-entropy of every clip through `per_clip` experts (clip i, copy j
+/// through expert (i + j) mod E).
+fn routed_loss(
+    m: &Whisper,
+    o: &Options,
+    device: &Device,
+    mel: &TensorData,
+    tokens: &TensorData,
+    per_clip: usize,
+) -> Tensor<1> {
+    let b = o.batch;
+    let t = o.tokens;
+    let clip: Vec<i64> = (0..b * per_clip).map(|r| (r / per_clip) as i64).collect();
+    let experts: Vec<Option<usize>> =
+        (0..b * per_clip).map(|r| Some((r / per_clip + r % per_clip) % o.experts)).collect();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(clip, [b * per_clip]), device);
+    let route = Route::per_row(&experts, device).training(true);
+    let mel = Tensor::<3>::from_data(mel.clone(), device).select(0, index.clone());
+    let tok = Tensor::<2, Int>::from_data(tokens.clone(), device).select(0, index);
+    let rows = b * per_clip;
+    let input = tok.clone().slice(s![.., 0..t - 1]);
+    let target = tok.slice(s![.., 1..t]);
+    let logits = m.forward(mel, input, Some(&route)); // [rows, t-1, vocab]
+    let logp = burn::tensor::activation::log_softmax(logits, 2);
+    let picked = logp.gather(2, target.reshape([rows, t - 1, 1])); // [rows, t-1, 1]
+    picked.mean().neg().reshape([1])
+}
+
+fn train_step(
+    cfg: &WhisperConfig,
+    o: &Options,
+    ad: &Device,
+    mel: &TensorData,
+    tokens: &TensorData,
+) -> Result<(f32, std::collections::BTreeMap<String, TensorData>)> {
+    let mut m = random_model(cfg, o.seed, ad);
+    attach(&mut m, o, ad)?;
+    let loss = routed_loss(&m, o, ad, mel, tokens, 1);
+    let value: f32 = loss.clone().into_scalar();
+    let grads = GradMap::of(&m, &loss.backward());
+    Ok((value, grads.0.into_iter().map(|(k, g)| (k, g.into_data())).collect()))
+}
+
+fn compare(what: &str, reference: TensorData, device: TensorData) -> Result<Comparison> {
+    let r: Vec<f32> = reference.try_to_vec::<f32>()?;
+    let d: Vec<f32> = device.try_to_vec::<f32>()?;
+    if r.len() != d.len() {
+        bail!("{what}: {} values on the reference, {} on the device", r.len(), d.len());
+    }
+    let max_abs_diff = r.iter().zip(&d).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+    let max_abs_reference = r.iter().map(|a| a.abs() as f64).fold(0.0, f64::max);
+    let relative = max_abs_diff / max_abs_reference.max(f64::MIN_POSITIVE);
+    let finite = d.iter().all(|x| x.is_finite());
+    Ok(Comparison {
+        what: what.to_string(),
+        max_abs_diff,
+        max_abs_reference,
+        relative,
+        tolerance: TOLERANCE,
+        ok: finite && relative <= TOLERANCE,
+    })
+}
+
+/// Items per second over `repeat` timed calls after one warm-up call.
+fn timed(repeat: usize, items: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let t0 = Instant::now();
+    for _ in 0..repeat {
+        f();
+    }
+    (repeat * items) as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 =
+        s.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        writeln!(f, "device {} against {}", self.device, self.reference)?;
+        for c in &self.configs {
+            writeln!(
+                f,
+                "{}: d_model {}, {} layers, {} mel bins, vocabulary {}, {:.1} M parameters",
+                c.config,
+                c.d_model,
+                c.layers,
+                c.num_mel_bins,
+                c.vocab_size,
+                c.parameters as f64 / 1e6
+            )?;
+            for x in &c.comparisons {
+                writeln!(
+                    f,
+                    "  {} {}: max |diff| {:.3e} (reference max {:.3e}; relative {:.2e}, tolerance {:.0e})",
+                    if x.ok { "ok  " } else { "FAIL" },
+                    x.what,
+                    x.max_abs_diff,
+                    x.max_abs_reference,
+                    x.relative,
+                    x.tolerance
+                )?;
+            }
+            let rate = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
+            writeln!(
+                f,
+                "  encoder {} windows/s; training step {} clips/s top-1, {} clips/s through every expert",
+                rate(c.encoder_windows_per_s),
+                rate(c.train_clips_per_s_top1),
+                rate(c.train_clips_per_s_soft)
+            )?;
+        }
+        if let Some(m) = self.peak_host_mib {
+            write!(f, "peak host memory {m:.0} MiB")?;
+        }
+        Ok(())
+    }
+}

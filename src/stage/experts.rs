@@ -1,8 +1,9 @@
 //! Stage experts: one LoRA adapter per cluster, pretrained on that cluster's
 //! `expert_pretrain` utterances (all experts in the same batched passes). Writes one adapter
 //! directory per expert in PEFT's layout, per-expert metrics (train loss per epoch, val loss
-//! and WER on the cluster's val utterances, epoch 0 = the base model) and `experts.json`, the
-//! typed manifest the joint and dense stages read.
+//! and WER on the cluster's val utterances, epoch 0 = the start) and `experts.json`, the
+//! typed manifest the joint and dense stages read. Experts start from zero adapters (the base
+//! model) or, with `shared_epochs`, from one adapter first trained on all their utterances.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -37,6 +38,12 @@ crate::params! {
         pub train: TrainConfig = TrainConfig::default(),
         /// With soft cluster probabilities, an utterance trains its top-k clusters' experts.
         pub assign_top_k: usize = 1,
+        /// Epochs of one shared adapter on every expert's pretraining utterances before the
+        /// experts train (early-stopped on all val utterances like an expert): each expert then
+        /// starts from it instead of from zero, and keeps it when its own epochs do not lower
+        /// its val loss. Its steps count toward the dense baseline's budget. 0: no shared start.
+        /// (Experts stage only; the dense baseline ignores it.)
+        pub shared_epochs: usize = 0,
         pub device: String = "cpu".into(),
         /// Language of every utterance's prompt when the dataset has no language column; None:
         /// the language the embed stage detected (multilingual checkpoints; needs --embeddings).
@@ -73,7 +80,7 @@ pub struct ExpertSummary {
     pub expert: usize,
     pub train_rows: usize,
     pub val_utterances: usize,
-    /// The epoch whose adapters were kept (0 = the base model).
+    /// The epoch whose adapters were kept (0 = the start: the base model or the shared adapter).
     pub kept_epoch: Option<usize>,
     pub val_loss_base: Option<f64>,
     pub val_loss: Option<f64>,
@@ -90,8 +97,12 @@ pub struct ExpertsManifest {
     pub lora: LoraConfig,
     /// Adapter directories, relative to the stage's output, expert 0 first.
     pub adapters: Vec<String>,
+    /// Optimizer steps of the stage: the shared start's and the experts'.
     pub optimizer_steps: u64,
     pub summary: Vec<ExpertSummary>,
+    /// The shared start (`shared_epochs`), expert 0 standing for it; None without one.
+    #[serde(default)]
+    pub shared: Option<ExpertSummary>,
 }
 
 impl ExpertsManifest {
@@ -185,6 +196,22 @@ impl Stage for Experts {
         let dev = ck.device.clone();
         let k = g.experts();
         let mut data = ExpertData::gather(&ck, &g, &paths.base.dataset, paths.embeddings.as_deref(), p)?;
+        let ckpt = match paths.shard {
+            Some(s) => paths.out.join(format!("checkpoint-shard-{}-of-{}", s.index, s.count)),
+            None => paths.out.join("checkpoint"),
+        };
+        let fingerprint = crate::util::hash_str(&format!(
+            "{}|{}|{}|{:?}",
+            serde_json::to_string(p)?,
+            ck.hash,
+            g.metadata.get("params_hash").cloned().unwrap_or_default(),
+            data.rows
+        ));
+        // Every shard trains the same shared start (on every expert's rows) before its own experts.
+        let shared = match p.shared_epochs {
+            0 => None,
+            _ => Some(train_shared(&ck, &data, p, &ckpt.join("shared"), &fingerprint)?),
+        };
         // A shard trains a contiguous range of the experts on their rows only.
         let mine = paths.shard.map_or(0..k, |s| s.range(k));
         if let Some(s) = paths.shard {
@@ -199,7 +226,7 @@ impl Stage for Experts {
             data.val.len()
         );
         if let Some(e) = mine.clone().find(|&e| data.train_count[e] == 0) {
-            eprintln!("warning: expert {e} has no expert_pretrain utterance; it stays the base model");
+            eprintln!("warning: expert {e} has no expert_pretrain utterance; it stays at its start");
         }
         let mut model = ck.model.clone();
         dev.seed(p.train.seed);
@@ -211,20 +238,12 @@ impl Stage for Experts {
             targeted.len(),
             !model.encoder_has_adapters()
         );
+        if let Some(s) = &shared {
+            model.copy_adapter(&s.model, 0, 0..k);
+        }
         let mut task = AdapterTask::new(&ck, &data.examples, &data.rows, k, &p.train, Some((&data.val, &p.eval)));
         task.record_base(&model)?;
-        let fingerprint = crate::util::hash_str(&format!(
-            "{}|{}|{}|{:?}",
-            serde_json::to_string(p)?,
-            ck.hash,
-            g.metadata.get("params_hash").cloned().unwrap_or_default(),
-            data.rows
-        ));
-        let ckpt = match paths.shard {
-            Some(s) => paths.out.join(format!("checkpoint-shard-{}-of-{}", s.index, s.count)),
-            None => paths.out.join("checkpoint"),
-        };
-        let trained = train(model, &mut task, &p.train.loop_config(), &ckpt, &fingerprint)?;
+        let trained = train(model, &mut task, &p.train.loop_config(), &ckpt.join("experts"), &fingerprint)?;
         let model = trained.best.unwrap_or(trained.model);
         for e in mine.clone() {
             crate::whisper::peft::save_expert(
@@ -250,8 +269,9 @@ impl Stage for Experts {
             checkpoint_hash: ck.hash.clone(),
             lora: p.lora.clone(),
             adapters: mine.clone().map(|e| format!("expert_{e}")).collect(),
-            optimizer_steps: trained.steps,
+            optimizer_steps: trained.steps + shared.as_ref().map_or(0, |s| s.steps),
             summary: summary.clone(),
+            shared: shared.map(|s| s.summary),
         };
         let name = match paths.shard {
             Some(s) => format!("experts.shard-{}-of-{}.json", s.index, s.count),
@@ -261,6 +281,39 @@ impl Stage for Experts {
         std::fs::remove_dir_all(&ckpt).context("removing the training checkpoint")?;
         Ok(ExpertsReport(summary))
     }
+}
+
+/// The shared start of every expert and what it cost.
+struct Shared {
+    model: Whisper,
+    summary: ExpertSummary,
+    steps: u64,
+}
+
+/// One adapter trained on every expert's pretraining utterances (each once) for
+/// `shared_epochs`, early-stopped on every val utterance.
+fn train_shared(
+    ck: &Checkpoint,
+    data: &ExpertData,
+    p: &ExpertsParams,
+    ckpt: &Path,
+    fingerprint: &str,
+) -> Result<Shared> {
+    let mut seen = HashSet::new();
+    let rows: Vec<Row> =
+        data.rows.iter().filter(|r| seen.insert(r.example)).map(|r| Row { expert: Some(0), ..*r }).collect();
+    let val: Vec<(usize, Option<usize>)> = data.val.iter().map(|&(i, _)| (i, Some(0))).collect();
+    let cfg = TrainConfig { epochs: p.shared_epochs, ..p.train.clone() };
+    eprintln!("experts: a shared start on all {} pretraining utterances, up to {} epochs", rows.len(), cfg.epochs);
+    let mut model = ck.model.clone();
+    ck.device.seed(cfg.seed);
+    model.attach_lora(&p.lora, 1, &ck.device)?;
+    let mut task = AdapterTask::new(ck, &data.examples, &rows, 1, &cfg, Some((&val, &p.eval)));
+    task.record_base(&model)?;
+    let trained = train(model, &mut task, &cfg.loop_config(), ckpt, &format!("shared|{fingerprint}"))?;
+    let summary = task.summary(&[rows.len()], &val).remove(0);
+    eprintln!("shared start: {}", ExpertsReport(vec![summary.clone()]));
+    Ok(Shared { model: trained.best.unwrap_or(trained.model), summary, steps: trained.steps })
 }
 
 /// The languages the embed stage detected, by id (none without `--embeddings`).

@@ -93,19 +93,25 @@ impl Whisper {
     /// Expert `e`'s adapters set to those of `from` (a model with the same adapters): how a
     /// training run keeps each expert's best epoch.
     pub fn copy_expert(&mut self, from: &Whisper, e: usize) {
-        let mut src = from.clone();
+        self.copy_adapter(from, e, e..e + 1);
+    }
+
+    /// Experts `dst` get expert `src` of `from` (a model with the same targets and rank, and
+    /// any number of experts): e.g. every expert starting from one shared adapter.
+    pub fn copy_adapter(&mut self, from: &Whisper, src: usize, dst: std::ops::Range<usize>) {
+        let mut source = from.clone();
         let sources: std::collections::HashMap<String, MultiLora> =
-            src.projs_mut().into_iter().filter_map(|(n, p)| p.lora.clone().map(|l| (n, l))).collect();
+            source.projs_mut().into_iter().filter_map(|(n, p)| p.lora.clone().map(|l| (n, l))).collect();
         for (name, proj) in self.projs_mut() {
             let (Some(l), Some(s)) = (proj.lora.as_mut(), sources.get(&name)) else { continue };
-            let put = |dst: &burn::module::Param<Tensor<3>>, src: &burn::module::Param<Tensor<3>>| {
-                let d = dst.val();
+            let put = |to: &burn::module::Param<Tensor<3>>, from: &burn::module::Param<Tensor<3>>| {
+                let d = to.val();
                 let [_, x, y] = d.dims();
                 let device = d.device();
-                let row = src.val().slice(s![e..e + 1, .., ..]);
-                let t = Tensor::<3>::from_data(d.slice_assign(s![e..e + 1, 0..x, 0..y], row).into_data(), &device);
+                let rows = from.val().slice(s![src..src + 1, .., ..]).repeat_dim(0, dst.len());
+                let t = Tensor::<3>::from_data(d.slice_assign(s![dst.clone(), 0..x, 0..y], rows).into_data(), &device);
                 let t = if device.is_autodiff() { t.require_grad() } else { t };
-                burn::module::Param::initialized(dst.id, t)
+                burn::module::Param::initialized(to.id, t)
             };
             l.a = put(&l.a, &s.a);
             l.b = put(&l.b, &s.b);

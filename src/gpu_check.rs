@@ -373,3 +373,90 @@ impl std::fmt::Display for Report {
         Ok(())
     }
 }
+
+/// What training needs in memory, estimated from parameter and activation counts (not
+/// measured): frozen weights at `weight_bytes` per value; every expert's LoRA (q and v of every
+/// attention, rank r) with its gradient and AdamW's two moments in fp32 (16 bytes per value);
+/// and the activations autodiff keeps per training row (a clip through one expert) at
+/// `activation_bytes` per value, for the encoder layers from the first adapted one up (those
+/// below it run without gradients) and every decoder layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryEstimate {
+    pub config: String,
+    pub weights_gib: f64,
+    pub adapters_gib: f64,
+    pub activations_per_row_gib: f64,
+    /// Rows per step that fit into 24 and 80 GiB with a tenth kept free; 0: not even one.
+    pub rows_24gib: usize,
+    pub rows_80gib: usize,
+}
+
+/// Per layer and row, values kept for the backward pass: layer-norm inputs and outputs, q, k,
+/// v, attention output and out_proj output, fc1 and GELU outputs (4 d each), fc2 output:
+/// 10 t d + 8 t d; attention scores and probabilities 2 h t s (unfused attention, as burn's
+/// generic op computes it); the LoRA products x A (2 t r). Decoder layers add the
+/// cross-attention (q, output, scores and probabilities over the encoder's s frames).
+pub fn estimate_memory(
+    name: &str,
+    cfg: &WhisperConfig,
+    experts: usize,
+    rank: usize,
+    adapted_encoder_layers: usize,
+    decoder_tokens: usize,
+    weight_bytes: usize,
+    activation_bytes: usize,
+) -> MemoryEstimate {
+    const GIB: f64 = (1u64 << 30) as f64;
+    let d = cfg.d_model;
+    let (s, t) = (cfg.max_source_positions, decoder_tokens);
+    let weights = (cfg.vocab_size * d
+        + (cfg.max_source_positions + cfg.max_target_positions) * d
+        + d * cfg.num_mel_bins * 3
+        + d * d * 3
+        + cfg.encoder_layers * (4 * d * d + 2 * d * cfg.encoder_ffn_dim)
+        + cfg.decoder_layers * (8 * d * d + 2 * d * cfg.decoder_ffn_dim)) as f64;
+    let attentions = cfg.encoder_layers + 2 * cfg.decoder_layers;
+    let lora = (experts * attentions * 2 * 2 * d * rank) as f64;
+    let layer =
+        |t: usize, s: usize, h: usize, ffn: usize| (10 * t * d + 2 * t * ffn + 2 * h * t * s + 2 * t * rank) as f64;
+    let enc = adapted_encoder_layers.min(cfg.encoder_layers) as f64
+        * layer(s, s, cfg.encoder_attention_heads, cfg.encoder_ffn_dim);
+    let dec = cfg.decoder_layers as f64
+        * (layer(t, t, cfg.decoder_attention_heads, cfg.decoder_ffn_dim)
+            + (4 * t * d + 2 * cfg.decoder_attention_heads * t * s) as f64)
+        + (t * cfg.vocab_size) as f64 * 2.0;
+    let weights_gib = weights * weight_bytes as f64 / GIB;
+    let adapters_gib = lora * 16.0 / GIB;
+    let per_row = (enc + dec) * activation_bytes as f64 / GIB;
+    let fit = |total: f64| ((0.9 * total - weights_gib - adapters_gib) / per_row).floor().max(0.0) as usize;
+    MemoryEstimate {
+        config: name.to_string(),
+        weights_gib,
+        adapters_gib,
+        activations_per_row_gib: per_row,
+        rows_24gib: fit(24.0),
+        rows_80gib: fit(80.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_estimate_by_hand_for_tiny() {
+        let cfg = WhisperConfig::named("tiny").unwrap();
+        let m = estimate_memory("tiny", &cfg, 1, 16, 1, 4, 4, 4);
+        // Encoder layer (t = s = 1500, d 384, ffn 1536, 6 heads, r 16):
+        //   10*1500*384 + 2*1500*1536 + 2*6*1500*1500 + 2*1500*16 = 37_416_000
+        // Decoder layer (t = 4): 10*4*384 + 2*4*1536 + 2*6*4*4 + 2*4*16 = 27_968, cross
+        //   4*4*384 + 2*6*4*1500 = 78_144; 4 layers: 424_448; logits 2*4*51865 = 414_920.
+        let floats = 37_416_000.0 + 424_448.0 + 414_920.0;
+        assert!((m.activations_per_row_gib - floats * 4.0 / (1u64 << 30) as f64).abs() < 1e-12);
+        // The weight matrices: transformers counts 37_760_640 parameters, biases and norms
+        // included (tests/gpu_check.rs); without them 37_713_792.
+        assert!((m.weights_gib * (1u64 << 30) as f64 / 4.0 - 37_713_792.0).abs() < 0.5);
+        // LoRA: 12 attentions x q, v x (A and B: 2*384*16), 16 bytes each with grad and moments.
+        assert!((m.adapters_gib * (1u64 << 30) as f64 - (12 * 2 * 2 * 384 * 16 * 16) as f64).abs() < 0.5);
+    }
+}

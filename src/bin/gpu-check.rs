@@ -43,13 +43,60 @@ struct Args {
     /// Also write the report as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Print the training memory estimate of each config (fp32 and bf16 weights and
+    /// activations, fp32 adapters and AdamW) instead of running anything
+    #[arg(long)]
+    memory: bool,
+    /// With --memory: encoder layers with adapters, counted from the top (default: all)
+    #[arg(long)]
+    adapted_encoder_layers: Option<usize>,
+    /// With --memory: decoder tokens per row
+    #[arg(long, default_value_t = 64)]
+    decoder_tokens: usize,
+}
+
+/// `--memory`: the estimate per config and precision.
+fn memory(a: &Args) -> Result<(), String> {
+    println!(
+        "config     precision  weights GiB  adapters+AdamW GiB  activations GiB/row  rows in 24 GiB  rows in 80 GiB"
+    );
+    for name in &a.configs {
+        let cfg = whisper_moe::whisper::WhisperConfig::named(name).map_err(|e| format!("{e:#}"))?;
+        let adapted = a.adapted_encoder_layers.unwrap_or(cfg.encoder_layers);
+        for (precision, bytes) in [("fp32", 4), ("bf16", 2)] {
+            let m = whisper_moe::gpu_check::estimate_memory(
+                name,
+                &cfg,
+                a.experts,
+                a.rank,
+                adapted,
+                a.decoder_tokens,
+                bytes,
+                bytes,
+            );
+            println!(
+                "{:<10} {:<10} {:>11.2} {:>19.2} {:>20.3} {:>15} {:>15}",
+                name, precision, m.weights_gib, m.adapters_gib, m.activations_per_row_gib, m.rows_24gib, m.rows_80gib
+            );
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
+    if a.memory {
+        return match memory(&a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gpu-check: error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let o = Options {
-        device: a.device,
-        configs: a.configs,
+        device: a.device.clone(),
+        configs: a.configs.clone(),
         layers: a.layers,
         experts: a.experts.max(1),
         rank: a.rank.max(1),
@@ -66,8 +113,8 @@ fn main() -> ExitCode {
         }
     };
     println!("{report}");
-    if let Some(path) = a.json
-        && let Err(e) = whisper_moe::util::write_json(&path, &report)
+    if let Some(path) = &a.json
+        && let Err(e) = whisper_moe::util::write_json(path, &report)
     {
         eprintln!("gpu-check: error: {e:#}");
         return ExitCode::from(2);

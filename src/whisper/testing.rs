@@ -75,10 +75,15 @@ fn tensor_names(c: &WhisperConfig) -> Vec<(String, Vec<usize>)> {
     v
 }
 
-/// Write a random-weight checkpoint (f32 safetensors, config, generation config, tokenizer).
-/// `skip` leaves tensors out and `reshape` changes shapes, to make broken checkpoints.
-pub fn write_checkpoint(dir: &Path, seed: u64, skip: &[&str], reshape: &[(&str, Vec<usize>)]) -> Result<WhisperConfig> {
-    let c = tiny_config();
+/// Random weights for `c` in `dir/model.safetensors` (f32; layer norms 1 and 0). `skip` leaves
+/// tensors out and `reshape` changes shapes, to make broken checkpoints.
+pub fn write_weights(
+    dir: &Path,
+    c: &WhisperConfig,
+    seed: u64,
+    skip: &[&str],
+    reshape: &[(&str, Vec<usize>)],
+) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut rand = move || {
@@ -88,7 +93,7 @@ pub fn write_checkpoint(dir: &Path, seed: u64, skip: &[&str], reshape: &[(&str, 
         ((state >> 11) as f64 / (1u64 << 53) as f64) as f32 * 2.0 - 1.0
     };
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
-    for (name, mut shape) in tensor_names(&c) {
+    for (name, mut shape) in tensor_names(c) {
         if skip.contains(&name.as_str()) {
             continue;
         }
@@ -118,7 +123,11 @@ pub fn write_checkpoint(dir: &Path, seed: u64, skip: &[&str], reshape: &[(&str, 
         &dir.join("model.safetensors"),
     )?;
 
-    let n = WORDS.len() as u32;
+    Ok(())
+}
+
+/// `dir/config.json` for `c`, in Hugging Face's field names.
+pub fn write_config(dir: &Path, c: &WhisperConfig) -> Result<()> {
     let config = json!({
         "d_model": c.d_model, "encoder_layers": c.encoder_layers, "encoder_attention_heads": c.encoder_attention_heads,
         "decoder_layers": c.decoder_layers, "decoder_attention_heads": c.decoder_attention_heads,
@@ -129,6 +138,16 @@ pub fn write_checkpoint(dir: &Path, seed: u64, skip: &[&str], reshape: &[(&str, 
         "activation_function": "gelu", "tie_word_embeddings": true, "model_type": "whisper",
     });
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    Ok(())
+}
+
+/// Write a random-weight checkpoint (f32 safetensors, config, generation config, tokenizer).
+/// `skip` leaves tensors out and `reshape` changes shapes, to make broken checkpoints.
+pub fn write_checkpoint(dir: &Path, seed: u64, skip: &[&str], reshape: &[(&str, Vec<usize>)]) -> Result<WhisperConfig> {
+    let c = tiny_config();
+    write_weights(dir, &c, seed, skip, reshape)?;
+    write_config(dir, &c)?;
+    let n = WORDS.len() as u32;
     std::fs::write(
         dir.join("generation_config.json"),
         serde_json::to_string_pretty(

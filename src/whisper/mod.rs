@@ -52,19 +52,30 @@ pub fn device(spec: &str) -> Result<Device> {
 }
 
 /// Does a first operation on `device` work? CUDA's runtime panics (no driver library, no GPU,
-/// a bad index) where a stage needs an error message instead.
+/// a bad index), possibly on a thread of its own, where a stage needs an error message: the
+/// panics are caught and the first one's message returned.
 #[cfg(feature = "cuda")]
 fn usable(device: &Device) -> Result<(), String> {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    let record = seen.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        record.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+    }));
     let r = std::panic::catch_unwind(|| Tensor::<1>::ones([1], device).into_data());
     std::panic::set_hook(hook);
-    r.map(|_| ()).map_err(|e| {
-        e.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default()
-    })
+    // The first panic is the cause (later ones are its consequences); cudarc's names every
+    // library file it tried, which says nothing more.
+    let first = seen.lock().unwrap_or_else(|e| e.into_inner()).first().cloned().unwrap_or_default();
+    let cause = first.split(" - searched for library names").next().unwrap_or_default().to_string();
+    r.map(|_| ()).map_err(|_| cause)
 }
 
 /// A detected language: its code, token id and probability.

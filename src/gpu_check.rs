@@ -116,7 +116,7 @@ pub fn run(o: &Options) -> Result<Report> {
             "the CPU backend".into()
         },
         configs,
-        peak_host_mib: peak_rss_mib(),
+        peak_host_mib: Some(crate::util::peak_rss_mb()).filter(|&m| m > 0.0),
     })
 }
 
@@ -144,6 +144,15 @@ fn inputs(cfg: &WhisperConfig, o: &Options) -> (TensorData, TensorData) {
     )
 }
 
+/// `f` with the CPU kernels switched on or off, the previous state restored afterwards.
+fn with_kernels<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let before = kernels::enabled();
+    kernels::set_enabled(on);
+    let out = f();
+    kernels::set_enabled(before);
+    out
+}
+
 fn check_config(
     name: &str,
     cfg: &WhisperConfig,
@@ -153,55 +162,29 @@ fn check_config(
     on_cpu: bool,
 ) -> Result<ConfigReport> {
     let (mel, tokens) = inputs(cfg, o);
-    let mut comparisons = Vec::new();
-
-    // Inference: the reference on the CPU (kernels on), then the device (generic ops).
+    // On the CPU the reference model serves both sides (the kernels make the difference).
     let reference = random_model(cfg, o.seed, cpu);
     let parameters = count(&reference);
-    kernels::set_enabled(true);
-    let enc_ref = reference.encoder.forward(Tensor::from_data(mel.clone(), cpu), None);
-    let logits_ref = reference.decoder.forward(Tensor::from_data(tokens.clone(), cpu), enc_ref.clone(), None);
-    let model = if on_cpu { reference } else { random_model(cfg, o.seed, device) };
-    kernels::set_enabled(!on_cpu);
-    let enc = model.encoder.forward(Tensor::from_data(mel.clone(), device), None);
-    let logits = model.decoder.forward(Tensor::from_data(tokens.clone(), device), enc.clone(), None);
-    comparisons.push(compare("encoder output", enc_ref.into_data(), enc.into_data())?);
-    comparisons.push(compare("decoder logits", logits_ref.into_data(), logits.into_data())?);
-    drop(model);
-
-    // One training step of a multi-expert LoRA (adapters on q/v everywhere, B random so that
-    // every gradient is non-zero), clip i through expert i mod E.
-    let (loss_ref, grads_ref) = train_step(cfg, o, &cpu.clone().autodiff(), &mel, &tokens)?;
-    let (loss, grads) = train_step(cfg, o, &device.clone().autodiff(), &mel, &tokens)?;
-    comparisons.push(compare("training loss", TensorData::from([loss_ref]), TensorData::from([loss]))?);
-    let mut worst: Option<Comparison> = None;
-    for (k, g_ref) in &grads_ref {
-        let Some(g) = grads.get(k) else { bail!("the device has no gradient for {k}") };
-        let c = compare(&format!("gradient {k}"), g_ref.clone(), g.clone())?;
-        if worst.as_ref().is_none_or(|w| c.relative > w.relative) {
-            worst = Some(c);
-        }
-    }
-    let mut worst = worst.ok_or_else(|| anyhow::anyhow!("no adapter gradients"))?;
-    worst.what = format!("LoRA gradients ({} tensors; worst: {})", grads_ref.len(), worst.what);
-    comparisons.push(worst);
-    kernels::set_enabled(true);
-
+    let model = if on_cpu { reference.clone() } else { random_model(cfg, o.seed, device) };
+    let mut comparisons = compare_inference(&reference, &model, cpu, device, on_cpu, &mel, &tokens)?;
+    drop(reference);
+    comparisons.extend(compare_training(cfg, o, cpu, device, &mel, &tokens)?);
     let (mut enc_rate, mut top1, mut soft) = (None, None, None);
     if o.repeat > 0 {
-        kernels::set_enabled(!on_cpu);
-        let model = random_model(cfg, o.seed, device);
-        enc_rate = Some(timed(o.repeat, o.batch, || {
-            model.encoder.forward(Tensor::from_data(mel.clone(), device), None).into_data();
+        enc_rate = Some(with_kernels(!on_cpu, || {
+            timed(o.repeat, o.batch, || {
+                model.encoder.forward(Tensor::from_data(mel.clone(), device), None).into_data();
+            })
         }));
         drop(model);
-        kernels::set_enabled(true);
         let ad = device.clone().autodiff();
         let mut m = random_model(cfg, o.seed, &ad);
         attach(&mut m, o, &ad)?;
         let step = |per_clip: usize| {
             timed(o.repeat, o.batch, || {
-                let _ = routed_loss(&m, o, &ad, &mel, &tokens, per_clip).backward();
+                let grads = routed_loss(&m, o, &ad, &mel, &tokens, per_clip).backward();
+                // Reading the gradients back waits for an asynchronous device to finish.
+                let _ = GradMap::of(&m, &grads).norm();
             })
         };
         top1 = Some(step(1));
@@ -219,6 +202,53 @@ fn check_config(
         train_clips_per_s_top1: top1,
         train_clips_per_s_soft: soft,
     })
+}
+
+/// Encoder output and teacher-forced logits: the reference on the CPU with its kernels, the
+/// device with the generic ops.
+fn compare_inference(
+    reference: &Whisper,
+    model: &Whisper,
+    cpu: &Device,
+    device: &Device,
+    on_cpu: bool,
+    mel: &TensorData,
+    tokens: &TensorData,
+) -> Result<Vec<Comparison>> {
+    let run = |m: &Whisper, dev: &Device| {
+        let enc = m.encoder.forward(Tensor::from_data(mel.clone(), dev), None);
+        let logits = m.decoder.forward(Tensor::from_data(tokens.clone(), dev), enc.clone(), None);
+        (enc.into_data(), logits.into_data())
+    };
+    let (enc_ref, logits_ref) = with_kernels(true, || run(reference, cpu));
+    let (enc, logits) = with_kernels(!on_cpu, || run(model, device));
+    Ok(vec![compare("encoder output", enc_ref, enc)?, compare("decoder logits", logits_ref, logits)?])
+}
+
+/// One training step of a multi-expert LoRA (adapters on q/v everywhere, B random so that
+/// every gradient is non-zero), clip i through expert i mod E: loss and the worst gradient.
+/// (On the CPU both sides run the same generic ops: training never uses the kernels.)
+fn compare_training(
+    cfg: &WhisperConfig,
+    o: &Options,
+    cpu: &Device,
+    device: &Device,
+    mel: &TensorData,
+    tokens: &TensorData,
+) -> Result<Vec<Comparison>> {
+    let (loss_ref, grads_ref) = train_step(cfg, o, &cpu.clone().autodiff(), mel, tokens)?;
+    let (loss, grads) = train_step(cfg, o, &device.clone().autodiff(), mel, tokens)?;
+    let mut worst: Option<Comparison> = None;
+    for (k, g_ref) in &grads_ref {
+        let Some(g) = grads.get(k) else { bail!("the device has no gradient for {k}") };
+        let c = compare(&format!("gradient {k}"), g_ref.clone(), g.clone())?;
+        if worst.as_ref().is_none_or(|w| c.relative > w.relative) {
+            worst = Some(c);
+        }
+    }
+    let mut worst = worst.ok_or_else(|| anyhow::anyhow!("no adapter gradients"))?;
+    worst.what = format!("LoRA gradients ({} tensors; worst: {})", grads_ref.len(), worst.what);
+    Ok(vec![compare("training loss", TensorData::from([loss_ref]), TensorData::from([loss]))?, worst])
 }
 
 /// Parameters as transformers counts them: the output projection is the token embedding
@@ -325,13 +355,6 @@ fn timed(repeat: usize, items: usize, mut f: impl FnMut()) -> f64 {
     (repeat * items) as f64 / t0.elapsed().as_secs_f64()
 }
 
-fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 =
-        s.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         writeln!(f, "device {} against {}", self.device, self.reference)?;
@@ -375,11 +398,12 @@ impl std::fmt::Display for Report {
 }
 
 /// What training needs in memory, estimated from parameter and activation counts (not
-/// measured): frozen weights at `weight_bytes` per value; every expert's LoRA (q and v of every
-/// attention, rank r) with its gradient and AdamW's two moments in fp32 (16 bytes per value);
-/// and the activations autodiff keeps per training row (a clip through one expert) at
-/// `activation_bytes` per value, for the encoder layers from the first adapted one up (those
-/// below it run without gradients) and every decoder layer.
+/// measured): frozen weights at `weight_bytes` per value (with the output projection, which
+/// this model keeps as a transposed copy of the token embedding); the LoRA of every expert (q and
+/// v of every adapted attention, rank r) with its gradient and AdamW's two moments in fp32 (16
+/// bytes per value); and the activations autodiff keeps per training row (a clip through one
+/// expert) at `activation_bytes` per value, for the encoder layers from the first adapted one up
+/// (those below it run without gradients) and every decoder layer.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryEstimate {
     pub config: String,
@@ -394,8 +418,10 @@ pub struct MemoryEstimate {
 /// Per layer and row, values kept for the backward pass: layer-norm inputs and outputs, q, k,
 /// v, attention output and out_proj output, fc1 and GELU outputs (4 d each), fc2 output:
 /// 10 t d + 8 t d; attention scores and probabilities 2 h t s (unfused attention, as burn's
-/// generic op computes it); the LoRA products x A (2 t r). Decoder layers add the
-/// cross-attention (q, output, scores and probabilities over the encoder's s frames).
+/// generic op computes it); the LoRA products x A of q and v (2 t r). Decoder layers add the
+/// cross-attention: its layer norm's input and output, q and output (4 t d), the keys and values
+/// of the encoder's s frames (2 s d), scores and probabilities (2 h t s) and the LoRA products of
+/// q and v ((t + s) r); the logits and their log-softmax add 2 t V.
 pub fn estimate_memory(
     name: &str,
     cfg: &WhisperConfig,
@@ -414,16 +440,17 @@ pub fn estimate_memory(
         + d * cfg.num_mel_bins * 3
         + d * d * 3
         + cfg.encoder_layers * (4 * d * d + 2 * d * cfg.encoder_ffn_dim)
-        + cfg.decoder_layers * (8 * d * d + 2 * d * cfg.decoder_ffn_dim)) as f64;
-    let attentions = cfg.encoder_layers + 2 * cfg.decoder_layers;
+        + cfg.decoder_layers * (8 * d * d + 2 * d * cfg.decoder_ffn_dim)
+        + cfg.vocab_size * d) as f64;
+    let adapted = adapted_encoder_layers.min(cfg.encoder_layers);
+    let attentions = adapted + 2 * cfg.decoder_layers;
     let lora = (experts * attentions * 2 * 2 * d * rank) as f64;
     let layer =
         |t: usize, s: usize, h: usize, ffn: usize| (10 * t * d + 2 * t * ffn + 2 * h * t * s + 2 * t * rank) as f64;
-    let enc = adapted_encoder_layers.min(cfg.encoder_layers) as f64
-        * layer(s, s, cfg.encoder_attention_heads, cfg.encoder_ffn_dim);
+    let enc = adapted as f64 * layer(s, s, cfg.encoder_attention_heads, cfg.encoder_ffn_dim);
+    let cross = 4 * t * d + 2 * s * d + 2 * cfg.decoder_attention_heads * t * s + (t + s) * rank;
     let dec = cfg.decoder_layers as f64
-        * (layer(t, t, cfg.decoder_attention_heads, cfg.decoder_ffn_dim)
-            + (4 * t * d + 2 * cfg.decoder_attention_heads * t * s) as f64)
+        * (layer(t, t, cfg.decoder_attention_heads, cfg.decoder_ffn_dim) + cross as f64)
         + (t * cfg.vocab_size) as f64 * 2.0;
     let weights_gib = weights * weight_bytes as f64 / GIB;
     let adapters_gib = lora * 16.0 / GIB;
@@ -449,14 +476,17 @@ mod tests {
         let m = estimate_memory("tiny", &cfg, 1, 16, 1, 4, 4, 4);
         // Encoder layer (t = s = 1500, d 384, ffn 1536, 6 heads, r 16):
         //   10*1500*384 + 2*1500*1536 + 2*6*1500*1500 + 2*1500*16 = 37_416_000
-        // Decoder layer (t = 4): 10*4*384 + 2*4*1536 + 2*6*4*4 + 2*4*16 = 27_968, cross
-        //   4*4*384 + 2*6*4*1500 = 78_144; 4 layers: 424_448; logits 2*4*51865 = 414_920.
-        let floats = 37_416_000.0 + 424_448.0 + 414_920.0;
+        // Decoder layer (t = 4): 10*4*384 + 2*4*1536 + 2*6*4*4 + 2*4*16 = 27_968, cross-attention
+        //   4*4*384 + 2*1500*384 + 2*6*4*1500 + (4 + 1500)*16 = 1_254_208; 4 layers: 5_128_704;
+        //   logits 2*4*51865 = 414_920.
+        let floats = 37_416_000.0 + 5_128_704.0 + 414_920.0;
         assert!((m.activations_per_row_gib - floats * 4.0 / (1u64 << 30) as f64).abs() < 1e-12);
         // The weight matrices: transformers counts 37_760_640 parameters, biases and norms
-        // included (tests/gpu_check.rs); without them 37_713_792.
-        assert!((m.weights_gib * (1u64 << 30) as f64 / 4.0 - 37_713_792.0).abs() < 0.5);
-        // LoRA: 12 attentions x q, v x (A and B: 2*384*16), 16 bytes each with grad and moments.
-        assert!((m.adapters_gib * (1u64 << 30) as f64 - (12 * 2 * 2 * 384 * 16 * 16) as f64).abs() < 0.5);
+        // included (tests/gpu_check.rs); without them 37_713_792, and the output projection's
+        // copy of the embedding 51865*384 = 19_916_160.
+        assert!((m.weights_gib * (1u64 << 30) as f64 / 4.0 - 57_629_952.0).abs() < 0.5);
+        // LoRA on 1 adapted encoder attention and 4 x 2 decoder ones, q and v, A and B
+        // (2*384*16), 16 bytes each with grad and moments.
+        assert!((m.adapters_gib * (1u64 << 30) as f64 - (9 * 2 * 2 * 384 * 16 * 16) as f64).abs() < 0.5);
     }
 }

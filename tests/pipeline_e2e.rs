@@ -195,7 +195,9 @@ fn check_values(dir: &Path, metrics: &serde_json::Value) {
         json("artifacts/joint/summary.json"),
         json("artifacts/dense/dense.json"),
     );
-    let budget = experts["optimizer_steps"].as_u64().unwrap() + joint["optimizer_steps"].as_u64().unwrap();
+    let budget = experts["optimizer_steps"].as_u64().unwrap()
+        + experts["shared_steps"].as_u64().unwrap()
+        + joint["optimizer_steps"].as_u64().unwrap();
     assert!(budget > 0);
     assert_eq!(dense["budget"].as_u64().unwrap(), budget, "{dense}");
     // Early stopping (`patience`, as the experts have) may end it before the budget is spent.

@@ -81,7 +81,7 @@ impl Stage for Dense {
     fn run(paths: &DensePaths, p: &ExpertsParams) -> Result<DenseSummary> {
         let (ck, g) = super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, true)?;
         let dev = ck.device.clone();
-        let expert_steps = ExpertsManifest::read(&paths.experts)?.optimizer_steps;
+        let expert_steps = ExpertsManifest::read(&paths.experts)?.total_steps();
         let joint = JointSummary::read(&paths.joint)?;
         let joint_steps = joint.optimizer_steps;
         let budget = expert_steps + joint_steps;

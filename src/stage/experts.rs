@@ -39,10 +39,12 @@ crate::params! {
         /// With soft cluster probabilities, an utterance trains its top-k clusters' experts.
         pub assign_top_k: usize = 1,
         /// Epochs of one shared adapter on every expert's pretraining utterances before the
-        /// experts train (early-stopped on all val utterances like an expert): each expert then
-        /// starts from it instead of from zero, and keeps it when its own epochs do not lower
-        /// its val loss. Its steps count toward the dense baseline's budget. 0: no shared start.
-        /// (Experts stage only; the dense baseline ignores it.)
+        /// experts train: each expert then starts from it instead of from zero. With
+        /// `train.patience` the shared adapter is early-stopped on all val utterances, and an
+        /// expert keeps it when its own epochs do not lower its val loss. Its steps count toward
+        /// the dense baseline's budget. Each shard of a sharded run trains the same one (the
+        /// same data, seed and device give the same adapter). 0: no shared start. (Experts stage
+        /// only; the dense baseline ignores it.)
         pub shared_epochs: usize = 0,
         pub device: String = "cpu".into(),
         /// Language of every utterance's prompt when the dataset has no language column; None:
@@ -97,12 +99,15 @@ pub struct ExpertsManifest {
     pub lora: LoraConfig,
     /// Adapter directories, relative to the stage's output, expert 0 first.
     pub adapters: Vec<String>,
-    /// Optimizer steps of the stage: the shared start's and the experts'.
+    /// The experts' optimizer steps (summed over shards).
     pub optimizer_steps: u64,
     pub summary: Vec<ExpertSummary>,
     /// The shared start (`shared_epochs`), expert 0 standing for it; None without one.
     #[serde(default)]
     pub shared: Option<ExpertSummary>,
+    /// The shared start's optimizer steps (every shard trains the same one).
+    #[serde(default)]
+    pub shared_steps: u64,
 }
 
 impl ExpertsManifest {
@@ -134,7 +139,9 @@ impl ExpertsManifest {
             parts.iter().map(|(_, _, p)| crate::util::read_json(p)).collect::<Result<_>>()?;
         let mut all = shards.remove(0);
         for s in shards {
-            if (s.experts, &s.checkpoint_hash, &s.lora) != (all.experts, &all.checkpoint_hash, &all.lora) {
+            if (s.experts, &s.checkpoint_hash, &s.lora, s.shared_steps)
+                != (all.experts, &all.checkpoint_hash, &all.lora, all.shared_steps)
+            {
                 bail!("{}: the experts shards were trained with different settings", dir.display());
             }
             all.adapters.extend(s.adapters);
@@ -149,6 +156,11 @@ impl ExpertsManifest {
 
     pub fn adapter_dirs(&self, dir: &Path) -> Vec<PathBuf> {
         self.adapters.iter().map(|a| dir.join(a)).collect()
+    }
+
+    /// Every optimizer step the stage took: the shared start's and the experts'.
+    pub fn total_steps(&self) -> u64 {
+        self.optimizer_steps + self.shared_steps
     }
 }
 
@@ -210,7 +222,7 @@ impl Stage for Experts {
         // Every shard trains the same shared start (on every expert's rows) before its own experts.
         let shared = match p.shared_epochs {
             0 => None,
-            _ => Some(train_shared(&ck, &data, p, &ckpt.join("shared"), &fingerprint)?),
+            _ => Some(train_shared(&ck, &data, p, &ckpt.join("shared"))?),
         };
         // A shard trains a contiguous range of the experts on their rows only.
         let mine = paths.shard.map_or(0..k, |s| s.range(k));
@@ -269,8 +281,9 @@ impl Stage for Experts {
             checkpoint_hash: ck.hash.clone(),
             lora: p.lora.clone(),
             adapters: mine.clone().map(|e| format!("expert_{e}")).collect(),
-            optimizer_steps: trained.steps + shared.as_ref().map_or(0, |s| s.steps),
+            optimizer_steps: trained.steps,
             summary: summary.clone(),
+            shared_steps: shared.as_ref().map_or(0, |s| s.steps),
             shared: shared.map(|s| s.summary),
         };
         let name = match paths.shard {
@@ -278,7 +291,9 @@ impl Stage for Experts {
             None => "experts.json".into(),
         };
         crate::util::write_json(&paths.out.join(name), &manifest)?;
-        std::fs::remove_dir_all(&ckpt).context("removing the training checkpoint")?;
+        if ckpt.exists() {
+            std::fs::remove_dir_all(&ckpt).context("removing the training checkpoint")?;
+        }
         Ok(ExpertsReport(summary))
     }
 }
@@ -291,26 +306,29 @@ struct Shared {
 }
 
 /// One adapter trained on every expert's pretraining utterances (each once) for
-/// `shared_epochs`, early-stopped on every val utterance.
-fn train_shared(
-    ck: &Checkpoint,
-    data: &ExpertData,
-    p: &ExpertsParams,
-    ckpt: &Path,
-    fingerprint: &str,
-) -> Result<Shared> {
+/// `shared_epochs` (early-stopped on every val utterance with `train.patience`).
+fn train_shared(ck: &Checkpoint, data: &ExpertData, p: &ExpertsParams, ckpt: &Path) -> Result<Shared> {
     let mut seen = HashSet::new();
     let rows: Vec<Row> =
         data.rows.iter().filter(|r| seen.insert(r.example)).map(|r| Row { expert: Some(0), ..*r }).collect();
     let val: Vec<(usize, Option<usize>)> = data.val.iter().map(|&(i, _)| (i, Some(0))).collect();
     let cfg = TrainConfig { epochs: p.shared_epochs, ..p.train.clone() };
+    // What the shared adapter depends on (not the experts' own epochs), so that a finished
+    // one is resumed, not retrained, after those change.
+    let fingerprint = crate::util::hash_str(&format!(
+        "shared|{}|{}|{}|{}|{rows:?}|{val:?}",
+        serde_json::to_string(&p.lora)?,
+        serde_json::to_string(&cfg)?,
+        serde_json::to_string(&p.eval)?,
+        ck.hash
+    ));
     eprintln!("experts: a shared start on all {} pretraining utterances, up to {} epochs", rows.len(), cfg.epochs);
     let mut model = ck.model.clone();
     ck.device.seed(cfg.seed);
     model.attach_lora(&p.lora, 1, &ck.device)?;
     let mut task = AdapterTask::new(ck, &data.examples, &rows, 1, &cfg, Some((&val, &p.eval)));
     task.record_base(&model)?;
-    let trained = train(model, &mut task, &cfg.loop_config(), ckpt, &format!("shared|{fingerprint}"))?;
+    let trained = train(model, &mut task, &cfg.loop_config(), ckpt, &fingerprint)?;
     let summary = task.summary(&[rows.len()], &val).remove(0);
     eprintln!("shared start: {}", ExpertsReport(vec![summary.clone()]));
     Ok(Shared { model: trained.best.unwrap_or(trained.model), summary, steps: trained.steps })

@@ -104,11 +104,11 @@ impl Whisper {
             source.projs_mut().into_iter().filter_map(|(n, p)| p.lora.clone().map(|l| (n, l))).collect();
         for (name, proj) in self.projs_mut() {
             let (Some(l), Some(s)) = (proj.lora.as_mut(), sources.get(&name)) else { continue };
-            let put = |to: &burn::module::Param<Tensor<3>>, from: &burn::module::Param<Tensor<3>>| {
+            let put = |to: &burn::module::Param<Tensor<3>>, source: &burn::module::Param<Tensor<3>>| {
                 let d = to.val();
                 let [_, x, y] = d.dims();
                 let device = d.device();
-                let rows = from.val().slice(s![src..src + 1, .., ..]).repeat_dim(0, dst.len());
+                let rows = source.val().slice(s![src..src + 1, .., ..]).repeat_dim(0, dst.len());
                 let t = Tensor::<3>::from_data(d.slice_assign(s![dst.clone(), 0..x, 0..y], rows).into_data(), &device);
                 let t = if device.is_autodiff() { t.require_grad() } else { t };
                 burn::module::Param::initialized(to.id, t)

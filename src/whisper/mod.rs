@@ -74,7 +74,10 @@ fn usable(device: &Device) -> Result<(), String> {
     // The first panic is the cause (later ones are its consequences); cudarc's names every
     // library file it tried, which says nothing more.
     let first = seen.lock().unwrap_or_else(|e| e.into_inner()).first().cloned().unwrap_or_default();
-    let cause = first.split(" - searched for library names").next().unwrap_or_default().to_string();
+    let cause = match first.split(" - searched for library names").next().unwrap_or_default() {
+        "" => "an unknown error".to_string(),
+        c => c.to_string(),
+    };
     r.map(|_| ()).map_err(|_| cause)
 }
 

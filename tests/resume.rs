@@ -18,10 +18,15 @@ fn workspace(name: &str) -> PathBuf {
 
 /// `pipeline run all` in `dir`; (success, output).
 fn run_all(dir: &Path, abort: bool) -> (bool, String) {
+    run(dir, "all", abort)
+}
+
+/// `pipeline run STAGE` in `dir`; (success, output).
+fn run(dir: &Path, stage: &str, abort: bool) -> (bool, String) {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_pipeline"));
     let bin_dir = bin.parent().unwrap();
     let mut cmd = Command::new(&bin);
-    cmd.args(["run", "all"])
+    cmd.args(["run", stage])
         .current_dir(dir)
         .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()));
     if abort {
@@ -74,6 +79,44 @@ fn a_kill_after_each_training_stages_last_checkpoint_resumes_to_identical_artifa
     assert!(a.len() > 40, "only {} artifact files", a.len());
     let differing: Vec<&String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).collect();
     assert!(differing.is_empty(), "after kills in {aborted:?}, these artifacts differ: {differing:?}");
+    let _ = std::fs::remove_dir_all(&clean);
+    let _ = std::fs::remove_dir_all(&killed);
+}
+
+/// The experts stage with a shared start trains twice (the shared adapter, then the experts):
+/// killed after each one's last checkpoint, it resumes to the same adapters.
+#[test]
+fn a_kill_after_the_shared_starts_checkpoint_resumes_to_identical_experts() {
+    let shared = |name: &str| {
+        let dir = workspace(name);
+        let manifest = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
+        let with = manifest.replacen("  experts:\n    lora:", "  experts:\n    shared_epochs: 2\n    lora:", 1);
+        assert_ne!(with, manifest, "the demo manifest's experts params moved");
+        std::fs::write(dir.join("pipeline.yaml"), with).unwrap();
+        dir
+    };
+    let clean = shared("shared-clean");
+    let (ok, out) = run(&clean, "experts", false);
+    assert!(ok && out.contains("a shared start"), "uninterrupted run failed:\n{out}");
+    let killed = shared("shared-killed");
+    let mut windows: Vec<String> = Vec::new();
+    loop {
+        let (ok, out) = run(&killed, "experts", true);
+        if ok {
+            break;
+        }
+        let window = out
+            .lines()
+            .find_map(|l| l.split_once("aborting after the last checkpoint in ").map(|(_, d)| d.to_string()))
+            .unwrap_or_else(|| panic!("failed otherwise:\n{out}"));
+        assert!(!windows.contains(&window) && windows.len() < 2, "died twice after {window}: {windows:?}\n{out}");
+        windows.push(window);
+    }
+    assert!(windows.len() == 2 && windows[0].ends_with("shared") && windows[1].ends_with("experts"), "{windows:?}");
+    let (a, b) = (artifact_hashes(&clean).unwrap(), artifact_hashes(&killed).unwrap());
+    assert!(a.keys().any(|k| k.contains("experts/expert_0")), "{:?}", a.keys());
+    let differing: Vec<&String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).collect();
+    assert!(differing.is_empty(), "these artifacts differ: {differing:?}");
     let _ = std::fs::remove_dir_all(&clean);
     let _ = std::fs::remove_dir_all(&killed);
 }

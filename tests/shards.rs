@@ -91,3 +91,45 @@ fn evaluate_shards_then_merges_into_the_unsharded_outputs() {
     assert!(!ok && out.contains("stage `cluster` does not shard"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With a shared start (`shared_epochs`) every shard trains the same shared adapter: with no
+/// epochs of their own, the sharded experts are byte for byte the unsharded ones, and the merged
+/// manifest counts the shared steps once.
+#[test]
+fn every_shard_trains_the_same_shared_start() {
+    let workspace = |name: &str| {
+        let dir = std::env::temp_dir().join(format!("whisper-moe-shards-{name}-{}", std::process::id()));
+        tiny_workspace(&dir, 0).unwrap();
+        let manifest = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
+        let with = manifest.replacen("  experts:\n    lora:", "  experts:\n    shared_epochs: 2\n    lora:", 1);
+        assert_ne!(with, manifest, "the demo manifest's experts params moved");
+        std::fs::write(dir.join("pipeline.yaml"), with).unwrap();
+        dir
+    };
+    let (one, two) = (workspace("shared-one"), workspace("shared-two"));
+    let (ok, out) = pipeline(&one, &["run", "experts"]);
+    assert!(ok, "{out}");
+    let (ok, out) = pipeline(&two, &["run", "experts", "--shards", "experts=2"]);
+    assert!(ok, "{out}");
+    let (a, b) = (
+        ExpertsManifest::read(&one.join("artifacts/experts")).unwrap(),
+        ExpertsManifest::read(&two.join("artifacts/experts")).unwrap(),
+    );
+    assert!(a.shared_steps > 0, "no shared start: {a:?}");
+    assert_eq!((a.shared_steps, a.optimizer_steps), (b.shared_steps, b.optimizer_steps));
+    assert_eq!(a.total_steps(), a.shared_steps, "no expert trained on its own");
+    let loss = |m: &ExpertsManifest| m.shared.as_ref().and_then(|s| s.val_loss);
+    assert_eq!(loss(&a), loss(&b));
+    let adapters = |dir: &Path| {
+        artifact_hashes(dir)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.contains("adapter_model.safetensors"))
+            .collect::<Vec<_>>()
+    };
+    let (ha, hb) = (adapters(&one), adapters(&two));
+    assert_eq!(ha.len(), 3, "{ha:?}");
+    assert_eq!(ha, hb);
+    let _ = std::fs::remove_dir_all(&one);
+    let _ = std::fs::remove_dir_all(&two);
+}

@@ -168,28 +168,26 @@ fn check_config(
     let model = if on_cpu { reference.clone() } else { random_model(cfg, o.seed, device) };
     let mut comparisons = compare_inference(&reference, &model, cpu, device, on_cpu, &mel, &tokens)?;
     drop(reference);
-    comparisons.extend(compare_training(cfg, o, cpu, device, &mel, &tokens)?);
-    let (mut enc_rate, mut top1, mut soft) = (None, None, None);
-    if o.repeat > 0 {
-        enc_rate = Some(with_kernels(!on_cpu, || {
+    let enc_rate = (o.repeat > 0).then(|| {
+        with_kernels(!on_cpu, || {
             timed(o.repeat, o.batch, || {
                 model.encoder.forward(Tensor::from_data(mel.clone(), device), None).into_data();
             })
-        }));
-        drop(model);
-        let ad = device.clone().autodiff();
-        let mut m = random_model(cfg, o.seed, &ad);
-        attach(&mut m, o, &ad)?;
-        let step = |per_clip: usize| {
-            timed(o.repeat, o.batch, || {
-                let grads = routed_loss(&m, o, &ad, &mel, &tokens, per_clip).backward();
-                // Reading the gradients back waits for an asynchronous device to finish.
-                let _ = GradMap::of(&m, &grads).norm();
-            })
-        };
-        top1 = Some(step(1));
-        soft = Some(step(o.experts));
-    }
+        })
+    });
+    drop(model);
+    // One model with adapters on the device, for the training comparison and its timing.
+    let ad = device.clone().autodiff();
+    let trainee = adapted_model(cfg, o, &ad)?;
+    comparisons.extend(compare_training(cfg, o, cpu, &trainee, &ad, &mel, &tokens)?);
+    let step = |per_clip: usize| {
+        timed(o.repeat, o.batch, || {
+            let grads = routed_loss(&trainee, o, &ad, &mel, &tokens, per_clip).backward();
+            // Reading the gradients back waits for an asynchronous device to finish.
+            let _ = GradMap::of(&trainee, &grads).norm();
+        })
+    };
+    let (top1, soft) = if o.repeat > 0 { (Some(step(1)), Some(step(o.experts))) } else { (None, None) };
     Ok(ConfigReport {
         config: name.to_string(),
         d_model: cfg.d_model,
@@ -232,12 +230,14 @@ fn compare_training(
     cfg: &WhisperConfig,
     o: &Options,
     cpu: &Device,
-    device: &Device,
+    trainee: &Whisper,
+    ad: &Device,
     mel: &TensorData,
     tokens: &TensorData,
 ) -> Result<Vec<Comparison>> {
-    let (loss_ref, grads_ref) = train_step(cfg, o, &cpu.clone().autodiff(), mel, tokens)?;
-    let (loss, grads) = train_step(cfg, o, &device.clone().autodiff(), mel, tokens)?;
+    let cpu_ad = cpu.clone().autodiff();
+    let (loss_ref, grads_ref) = train_step(&adapted_model(cfg, o, &cpu_ad)?, o, &cpu_ad, mel, tokens);
+    let (loss, grads) = train_step(trainee, o, ad, mel, tokens);
     let mut worst: Option<Comparison> = None;
     for (k, g_ref) in &grads_ref {
         let Some(g) = grads.get(k) else { bail!("the device has no gradient for {k}") };
@@ -310,19 +310,25 @@ fn routed_loss(
     picked.mean().neg().reshape([1])
 }
 
+/// The random model of `cfg` on `ad` with the experts' adapters of [`attach`].
+fn adapted_model(cfg: &WhisperConfig, o: &Options, ad: &Device) -> Result<Whisper> {
+    let mut m = random_model(cfg, o.seed, ad);
+    attach(&mut m, o, ad)?;
+    Ok(m)
+}
+
+/// Loss and adapter gradients of one step, every clip through one expert.
 fn train_step(
-    cfg: &WhisperConfig,
+    m: &Whisper,
     o: &Options,
     ad: &Device,
     mel: &TensorData,
     tokens: &TensorData,
-) -> Result<(f32, std::collections::BTreeMap<String, TensorData>)> {
-    let mut m = random_model(cfg, o.seed, ad);
-    attach(&mut m, o, ad)?;
-    let loss = routed_loss(&m, o, ad, mel, tokens, 1);
+) -> (f32, std::collections::BTreeMap<String, TensorData>) {
+    let loss = routed_loss(m, o, ad, mel, tokens, 1);
     let value: f32 = loss.clone().into_scalar();
-    let grads = GradMap::of(&m, &loss.backward());
-    Ok((value, grads.0.into_iter().map(|(k, g)| (k, g.into_data())).collect()))
+    let grads = GradMap::of(m, &loss.backward());
+    (value, grads.0.into_iter().map(|(k, g)| (k, g.into_data())).collect())
 }
 
 fn compare(what: &str, reference: TensorData, device: TensorData) -> Result<Comparison> {

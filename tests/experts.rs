@@ -68,10 +68,13 @@ fn training_one_expert_lowers_its_val_loss_and_keeps_its_wer() {
         &model,
         &dataset,
         &dir,
-        &["train.epochs=3", "train.batch_size=4", "train.learning_rate=0.001"]
-            .into_iter()
-            .chain(["lora.target_modules=.*decoder.*(q_proj|v_proj)", "lora.dropout=0.0"])
-            .collect::<Vec<_>>(),
+        &[
+            "train.epochs=3",
+            "train.batch_size=4",
+            "train.learning_rate=0.001",
+            "lora.target_modules=.*decoder.*(q_proj|v_proj)",
+            "lora.dropout=0.0",
+        ],
     );
     let s = &summary["summary"][0];
     let (l0, l1) = (s["val_loss_base"].as_f64().unwrap(), s["val_loss"].as_f64().unwrap());
@@ -94,13 +97,14 @@ fn training_one_expert_lowers_its_val_loss_and_keeps_its_wer() {
 fn experts_start_from_the_shared_adapter() {
     let test = "experts_start_from_the_shared_adapter";
     let Some((model, dataset, dir)) = workspace(test, &["caribbean_male", "us_male"]) else { return };
-    let sets = ["shared_epochs=1", "train.epochs=0", "train.batch_size=4", "train.learning_rate=0.001"];
-    let m = stage_experts(
-        &model,
-        &dataset,
-        &dir,
-        &[&sets[..], &["lora.target_modules=.*decoder.*(q_proj|v_proj)"]].concat(),
-    );
+    let sets = [
+        "shared_epochs=1",
+        "train.epochs=0",
+        "train.batch_size=4",
+        "train.learning_rate=0.001",
+        "lora.target_modules=.*decoder.*(q_proj|v_proj)",
+    ];
+    let m = stage_experts(&model, &dataset, &dir, &sets);
     let shared = &m["shared"];
     assert_eq!(shared["train_rows"], 24, "{m}");
     assert_eq!(m["shared_steps"], 6, "one epoch of 24 clips in batches of 4");

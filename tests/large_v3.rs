@@ -19,13 +19,17 @@ use std::process::Command;
 use burn::prelude::*;
 use serde_json::{Value, json};
 use whisper_moe::artifacts::{Clusters, Splits, standard_metadata, write_dataset};
+use whisper_moe::audio::mel::N_FRAMES;
 use whisper_moe::whisper::{Checkpoint, Task, WhisperConfig, testing};
 
 const YUE: u64 = 50358;
 
-fn reference() -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/large_v3/reference.json");
+fn read_json(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn reference() -> Value {
+    read_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/large_v3/reference.json"))
 }
 
 /// Every id at or above <|yue|>'s moves one up.
@@ -35,7 +39,7 @@ fn shift(id: u64) -> u64 {
 
 /// whisper-base's tokenizer.json with <|yue|> inserted.
 fn v3_tokenizer(base: &Path) -> Value {
-    let mut t: Value = serde_json::from_str(&std::fs::read_to_string(base.join("tokenizer.json")).unwrap()).unwrap();
+    let mut t: Value = read_json(&base.join("tokenizer.json"));
     let added = t["added_tokens"].as_array_mut().unwrap();
     let mut yue = added.iter().find(|a| a["content"] == "<|su|>").unwrap().clone();
     for a in added.iter_mut() {
@@ -58,8 +62,7 @@ fn v3_tokenizer(base: &Path) -> Value {
 /// whisper-base's generation_config.json with ids moved and yue added (alignment heads, which
 /// name heads of base, dropped).
 fn v3_generation(base: &Path) -> Value {
-    let mut g: Value =
-        serde_json::from_str(&std::fs::read_to_string(base.join("generation_config.json")).unwrap()).unwrap();
+    let mut g: Value = read_json(&base.join("generation_config.json"));
     let g_obj = g.as_object_mut().unwrap();
     g_obj.remove("alignment_heads");
     for key in ["suppress_tokens", "begin_suppress_tokens"] {
@@ -100,8 +103,7 @@ fn write_model(dir: &Path, base: &Path) -> WhisperConfig {
     let write = |name: &str, v: &Value| std::fs::write(dir.join(name), serde_json::to_string(v).unwrap()).unwrap();
     write("tokenizer.json", &v3_tokenizer(base));
     write("generation_config.json", &v3_generation(base));
-    let mut pre: Value =
-        serde_json::from_str(&std::fs::read_to_string(base.join("preprocessor_config.json")).unwrap()).unwrap();
+    let mut pre: Value = read_json(&base.join("preprocessor_config.json"));
     pre["feature_size"] = json!(128);
     write("preprocessor_config.json", &pre);
     c
@@ -149,16 +151,16 @@ fn features_with_128_mel_bins_equal_transformers() {
     let frames = r["frames"].as_u64().unwrap() as usize;
     for f in r["features"].as_array().unwrap() {
         let ours = mel.compute(&clip(f["clip"].as_str().unwrap()));
-        assert_eq!(ours.len(), 128 * 3000);
+        assert_eq!(ours.len(), 128 * N_FRAMES);
         let mut worst: f64 = 0.0;
         for (b, row) in f["first_frames"].as_array().unwrap().iter().enumerate() {
             for (t, v) in row.as_array().unwrap().iter().enumerate().take(frames) {
-                worst = worst.max((ours[b * 3000 + t] as f64 - v.as_f64().unwrap()).abs());
+                worst = worst.max((ours[b * N_FRAMES + t] as f64 - v.as_f64().unwrap()).abs());
             }
         }
         let mut worst_mean: f64 = 0.0;
         for (b, m) in f["bin_means"].as_array().unwrap().iter().enumerate() {
-            let mean = ours[b * 3000..(b + 1) * 3000].iter().map(|&x| x as f64).sum::<f64>() / 3000.0;
+            let mean = ours[b * N_FRAMES..(b + 1) * N_FRAMES].iter().map(|&x| x as f64).sum::<f64>() / N_FRAMES as f64;
             worst_mean = worst_mean.max((mean - m.as_f64().unwrap()).abs());
         }
         // The same tolerance as the 80-bin front end's parity with transformers.
@@ -246,7 +248,7 @@ fn reduced_large_v3_embeds_trains_and_decodes() {
         "eval.max_new_tokens=4",
     ];
     run(env!("CARGO_BIN_EXE_stage-experts"), &args);
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(experts.join("experts.json")).unwrap()).unwrap();
+    let m: Value = read_json(&experts.join("experts.json"));
     assert_eq!(m["optimizer_steps"], 1, "{m}");
     let (l0, l1) = (m["summary"][0]["val_loss_base"].as_f64().unwrap(), m["summary"][0]["val_loss"].as_f64().unwrap());
     assert!(l0.is_finite() && l1.is_finite() && l1 != l0, "val loss {l0} -> {l1}");

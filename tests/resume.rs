@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use whisper_moe::train::trainer::ABORT_AFTER_LAST_CHECKPOINT;
-use whisper_moe::whisper::testing::{artifact_hashes, running_stage, tiny_workspace};
+use whisper_moe::whisper::testing::{artifact_hashes, running_stage, set_shared_epochs, tiny_workspace};
 
 fn workspace(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("whisper-moe-resume-{name}-{}", std::process::id()));
@@ -89,10 +89,7 @@ fn a_kill_after_each_training_stages_last_checkpoint_resumes_to_identical_artifa
 fn a_kill_after_the_shared_starts_checkpoint_resumes_to_identical_experts() {
     let shared = |name: &str| {
         let dir = workspace(name);
-        let manifest = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
-        let with = manifest.replacen("  experts:\n    lora:", "  experts:\n    shared_epochs: 2\n    lora:", 1);
-        assert_ne!(with, manifest, "the demo manifest's experts params moved");
-        std::fs::write(dir.join("pipeline.yaml"), with).unwrap();
+        set_shared_epochs(&dir, 2).unwrap();
         dir
     };
     let clean = shared("shared-clean");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use whisper_moe::stage::experts::ExpertsManifest;
-use whisper_moe::whisper::testing::{artifact_hashes, tiny_workspace};
+use whisper_moe::whisper::testing::{artifact_hashes, set_shared_epochs, tiny_workspace};
 
 fn pipeline(dir: &Path, args: &[&str]) -> (bool, String) {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_pipeline"));
@@ -100,10 +100,7 @@ fn every_shard_trains_the_same_shared_start() {
     let workspace = |name: &str| {
         let dir = std::env::temp_dir().join(format!("whisper-moe-shards-{name}-{}", std::process::id()));
         tiny_workspace(&dir, 0).unwrap();
-        let manifest = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
-        let with = manifest.replacen("  experts:\n    lora:", "  experts:\n    shared_epochs: 2\n    lora:", 1);
-        assert_ne!(with, manifest, "the demo manifest's experts params moved");
-        std::fs::write(dir.join("pipeline.yaml"), with).unwrap();
+        set_shared_epochs(&dir, 2).unwrap();
         dir
     };
     let (one, two) = (workspace("shared-one"), workspace("shared-two"));

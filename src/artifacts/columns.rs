@@ -163,6 +163,10 @@ pub fn f32_array(v: &[f32]) -> ArrayRef {
     Arc::new(Float32Array::from(v.to_vec()))
 }
 
+pub fn opt_f32_array(v: &[Option<f32>]) -> ArrayRef {
+    Arc::new(Float32Array::from(v.to_vec()))
+}
+
 pub fn i32_array(v: &[i32]) -> ArrayRef {
     Arc::new(Int32Array::from(v.to_vec()))
 }

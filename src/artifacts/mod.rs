@@ -104,9 +104,7 @@ impl Embeddings {
             string_array(&self.transcriptions),
         ];
         cols.extend(self.extra.iter().map(|(_, v)| opt_string_array(v)));
-        cols.extend(
-            self.numbers.iter().map(|(_, v)| Arc::new(arrow::array::Float32Array::from(v.clone())) as ArrayRef),
-        );
+        cols.extend(self.numbers.iter().map(|(_, v)| opt_f32_array(v)));
         cols.push(vector_array(self.values.clone(), self.dim)?);
         Ok(RecordBatch::try_new(Self::schema(self.dim, &names, &numbers), cols)?)
     }

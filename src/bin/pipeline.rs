@@ -511,14 +511,13 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
             Runner::Plain(ck, expert)
         }
     };
-    let task = args.task;
     let language = args.language.as_deref().map(whisper_moe::whisper::language::code).transpose()?;
     // Refuse what the checkpoint cannot do before reading any audio.
     let ck = match &runner {
         Runner::Plain(ck, _) => ck,
         Runner::Mixture(m) => &m.ck,
     };
-    ck.prompt(Some(language.as_deref().unwrap_or("en")), task)?;
+    ck.prompt(Some(language.as_deref().unwrap_or("en")), args.task)?;
     let mut failed = false;
     for chunk in args.files.chunks(args.batch_size.max(1)) {
         let mut clips = Vec::new();
@@ -526,7 +525,7 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
             match whisper_moe::audio::load_16k(f) {
                 Ok(d) => clips.push(Example {
                     language: language.clone(),
-                    task,
+                    task: args.task,
                     ..Example::clip(f.display().to_string(), d.samples)
                 }),
                 Err(e) => {

@@ -268,20 +268,19 @@ fn embed_batch(
     let mut language: Vec<Option<String>> = Vec::new();
     let mut numbers = Vec::new();
     if let Some(l) = lang {
-        let given: Vec<Option<String>> = ready
+        language = ready
             .iter()
             .map(|r| l.given.and_then(|i| r.utt.extra[i].clone()).filter(|v| !v.trim().is_empty()))
             .collect();
         let mut prob = vec![None; ready.len()];
-        language = given.clone();
-        if given.iter().any(Option::is_none) {
+        if language.iter().any(Option::is_none) {
             let enc = if layer >= ck.config.encoder_layers {
                 states
             } else {
                 ck.model.encoder.forward_from(states, layer, None)
             };
             for (r, d) in ck.detect_language(&ck.model, enc, None)?.into_iter().enumerate() {
-                if given[r].is_none() {
+                if language[r].is_none() {
                     language[r] = Some(d.code);
                     prob[r] = Some(d.probability);
                 }
@@ -300,7 +299,7 @@ fn embed_batch(
             .enumerate()
             .map(|(i, n)| {
                 let values = if Some(i) == out {
-                    language.clone()
+                    std::mem::take(&mut language)
                 } else {
                     ready.iter().map(|r| r.utt.extra[i].clone()).collect()
                 };

@@ -311,6 +311,15 @@ pub fn tiny_workspace(dir: &Path, expert_epochs: usize) -> Result<()> {
     Ok(())
 }
 
+/// The workspace's manifest with `experts.shared_epochs: n` (a shared start for the experts).
+pub fn set_shared_epochs(dir: &Path, n: usize) -> Result<()> {
+    let manifest = std::fs::read_to_string(dir.join("pipeline.yaml"))?;
+    let with = manifest.replacen("  experts:\n    lora:", &format!("  experts:\n    shared_epochs: {n}\n    lora:"), 1);
+    anyhow::ensure!(with != manifest, "the demo manifest's experts params moved");
+    std::fs::write(dir.join("pipeline.yaml"), with)?;
+    Ok(())
+}
+
 /// Every file under `dir/artifacts` with the blake3 of its bytes; JSON files without their
 /// timing fields (`seconds`, `*_seconds`), the only bytes two runs may differ in.
 pub fn artifact_hashes(dir: &Path) -> Result<BTreeMap<String, String>> {

@@ -99,22 +99,18 @@ pub struct Loader<'a> {
 
 impl<'a> Loader<'a> {
     pub fn new(ckpt: &'a Checkpoint, device: &Device) -> Loader<'a> {
-        Loader {
-            ckpt: Some(ckpt),
-            rng: rand::SeedableRng::seed_from_u64(0),
-            device: device.clone(),
-            used: BTreeSet::new(),
-            missing: Vec::new(),
-            wrong_shape: Vec::new(),
-            other: Vec::new(),
-        }
+        Self::with(Some(ckpt), 0, device)
     }
 
     /// Random weights for a model of any size without a file (`gpu-check`): layer-norm gains
     /// 1 and shifts 0, every other tensor uniform with standard deviation 0.02.
     pub fn random(seed: u64, device: &Device) -> Loader<'static> {
+        Loader::with(None, seed, device)
+    }
+
+    fn with(ckpt: Option<&'a Checkpoint>, seed: u64, device: &Device) -> Loader<'a> {
         Loader {
-            ckpt: None,
+            ckpt,
             rng: rand::SeedableRng::seed_from_u64(seed),
             device: device.clone(),
             used: BTreeSet::new(),

@@ -21,12 +21,17 @@ fn tmp(name: &str) -> PathBuf {
 
 struct Out {
     code: i32,
+    stdout: String,
     stderr: String,
 }
 
 fn pipeline(dir: &Path, args: &[&str]) -> Out {
     let o = Command::new(env!("CARGO_BIN_EXE_pipeline")).args(args).current_dir(dir).output().unwrap();
-    Out { code: o.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
 }
 
 /// Is a Slurm reachable (SLURM_CONF set and `sinfo` answering)? Under CI it must be.
@@ -136,6 +141,15 @@ fn sharded_embed_on_slurm_equals_a_local_run() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("running embed on Slurm, 3 of 3 shards"), "{}", out.stderr);
     assert!(out.stderr.contains("(array 0-2)") && out.stderr.contains("running cluster on Slurm"), "{}", out.stderr);
+    // Submitted up front: cluster's job waits on embed's last job (afterok) and was submitted
+    // before embed ended.
+    let line = |prefix: &str| out.stderr.lines().find(|l| l.trim_start().starts_with(prefix)).unwrap_or("").to_string();
+    let embed_jobs = line("⇪ submitted embed as Slurm jobs");
+    let end_job = embed_jobs.split(", ").find(|p| p.contains("(end)")).and_then(|p| p.split(' ').next()).unwrap();
+    let cluster_job = line("⇪ submitted cluster as Slurm job");
+    assert!(cluster_job.contains(&format!("after embed (afterok:{end_job})")), "{}", out.stderr);
+    let at = |text: &str| out.stderr.find(text).unwrap_or_else(|| panic!("no `{text}` in {}", out.stderr));
+    assert!(at("⇪ submitted cluster") < at("✓ embed done"), "{}", out.stderr);
     let parts = fs::read_dir(remote.join("emb"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".parquet"))
@@ -169,7 +183,48 @@ fn sharded_evaluate_on_slurm_merges_into_the_local_outputs() {
     let out = pipeline(&dir, &["run", "evaluate", "--force", "--executor", "slurm", "--shards", "evaluate=2"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("(array 0-1)") && out.stderr.contains("merging its 2 shards"), "{}", out.stderr);
-    assert_eq!(out.stderr.matches("submitted evaluate as Slurm job").count(), 2, "{}", out.stderr);
+    assert_eq!(out.stderr.matches("submitted evaluate as Slurm jobs").count(), 1, "{}", out.stderr);
     assert_eq!(evaluate(&dir), local);
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// The demo manifest end to end on Slurm, detached: every stage is submitted at once as one
+/// `afterok` chain and the runner returns; the jobs judge and commit their stages on their own
+/// (gate and experts side by side), and the artifacts equal a local run's.
+#[test]
+fn demo_manifest_runs_detached_on_slurm_as_one_chain() {
+    if !slurm("demo_manifest_runs_detached_on_slurm_as_one_chain") {
+        return;
+    }
+    use whisper_moe::whisper::testing::{artifact_hashes, tiny_workspace};
+    let (local, remote) = (tmp("chain-local"), tmp("chain-slurm"));
+    tiny_workspace(&local, 1).unwrap();
+    tiny_workspace(&remote, 1).unwrap();
+    let out = pipeline(&local, &["run", "all"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = pipeline(&remote, &["run", "all", "--executor", "slurm", "--detach"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for stage in ["model", "embed", "cluster", "gate", "experts", "joint", "dense", "evaluate"] {
+        assert!(out.stderr.contains(&format!("submitted {stage} as Slurm job")), "{stage}: {}", out.stderr);
+    }
+    let evaluate = out.stderr.lines().find(|l| l.contains("submitted evaluate")).unwrap();
+    assert!(evaluate.contains("after ") && evaluate.contains("(afterok:"), "{evaluate}");
+    assert!(!remote.join("artifacts/evaluate").exists(), "the runner returned before the chain ended");
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        let st = pipeline(&remote, &["status"]);
+        assert_eq!(st.code, 0, "{}", st.stderr);
+        if !st.stdout.contains("in flight") {
+            break st.stdout;
+        }
+        assert!(t0.elapsed().as_secs() < 600, "the chain did not end: {}", st.stdout);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(status.contains("everything is up to date"), "{status}");
+    assert_eq!(artifact_hashes(&remote).unwrap(), artifact_hashes(&local).unwrap());
+    let out = pipeline(&remote, &["run", "all", "--executor", "slurm"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("submitted"), "nothing left to run: {}", out.stderr);
+    let _ = fs::remove_dir_all(&local);
+    let _ = fs::remove_dir_all(&remote);
 }

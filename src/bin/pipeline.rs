@@ -54,6 +54,18 @@ enum Cmd {
     },
     /// List stale stages with the reason.
     Status,
+    /// A step of a stage's Slurm job (written into the job scripts by `run --executor slurm`).
+    #[command(hide = true)]
+    SlurmStep {
+        step: whisper_moe::pipeline::chain::StepKind,
+        /// The stage's job directory (.pipeline/slurm/STAGE).
+        dir: PathBuf,
+        #[arg(long)]
+        task: Option<usize>,
+        /// The exit code of the stage's command (end).
+        #[arg(long)]
+        rc: Option<i32>,
+    },
     /// Print the stage graph (`--dot` for Graphviz).
     Dag {
         #[arg(long)]
@@ -170,6 +182,10 @@ struct RunArgs {
     /// repeatable). Under Slurm a sharded stage is one job array.
     #[arg(long = "shards", value_name = "STAGE=N")]
     shards: Vec<String>,
+    /// With --executor slurm: submit the jobs and return; they run and commit without the
+    /// runner (`pipeline status` shows them).
+    #[arg(long)]
+    detach: bool,
 }
 
 #[derive(clap::Args)]
@@ -283,6 +299,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             eprintln!("{} ready in {} (from {from})", id, out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::SlurmStep { step, dir, task, rc } => {
+            whisper_moe::pipeline::chain::step(&dir, step, task, rc)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Model { cmd: ModelCmd::ImportCt2 { dir, out } } => {
             whisper_moe::whisper::ct2::import_dir(&dir, &out)?;
             eprintln!("imported {} into {}", dir.display(), out.display());
@@ -293,7 +313,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 
 /// `pipeline run`: bring the named stages (or all) up to date.
 fn run_stages(m: Manifest, a: RunArgs) -> Result<ExitCode> {
-    let RunArgs { stages, force, dry_run, jobs, keep_going, no_run_cache, sets, executor, shards } = a;
+    let RunArgs { stages, force, dry_run, jobs, keep_going, no_run_cache, sets, executor, shards, detach } = a;
     let mut m = m;
     for kv in &sets {
         let Some((k, v)) = kv.split_once('=') else { anyhow::bail!("--set `{kv}` is not KEY=VALUE") };
@@ -316,7 +336,11 @@ fn run_stages(m: Manifest, a: RunArgs) -> Result<ExitCode> {
             }
         }
     }
-    let opts = RunOptions { targets, force, dry_run, jobs, keep_going, no_run_cache, executor, shards: shard_counts };
+    if detach && executor.unwrap_or(m.executor) != whisper_moe::pipeline::manifest::Executor::Slurm {
+        anyhow::bail!("--detach needs the Slurm executor (--executor slurm or `executor: slurm`)");
+    }
+    let opts =
+        RunOptions { targets, force, dry_run, jobs, keep_going, no_run_cache, executor, shards: shard_counts, detach };
     let results = run(&m, &opts)?;
     print_summary(&results, dry_run);
     let failed = results.iter().any(|(_, o)| matches!(o, Outcome::Failed(_) | Outcome::Skipped(_)));
@@ -339,7 +363,7 @@ fn print_status(m: &Manifest) -> Result<ExitCode> {
     let slurm = whisper_moe::pipeline::executor::slurm::squeue_available();
     for (s, r) in m.stages.iter().zip(&reasons) {
         if slurm && let Some((id, what)) = whisper_moe::pipeline::executor::slurm::in_flight(&paths.state, &s.name) {
-            println!("{}: in flight as Slurm job {id} ({what})", s.name);
+            println!("{}: in flight as Slurm job(s) {id} ({what})", s.name);
         }
         if r.is_empty() {
             println!("{}: up to date", s.name);
@@ -609,6 +633,7 @@ fn print_summary(results: &[(String, Outcome)], dry_run: bool) {
             Outcome::Failed(m) => (format!("FAILED ({m})"), String::new()),
             Outcome::Skipped(m) => (format!("skipped ({m})"), String::new()),
             Outcome::WouldRun(_) => ("would run".to_string(), String::new()),
+            Outcome::Submitted => ("submitted".to_string(), String::new()),
         };
         eprintln!("{name:<16} {what:<13} {time}");
     }

@@ -1,17 +1,14 @@
 //! Where a stage's command runs: here (`local`: a process, or one per shard) or on a Slurm
-//! cluster (`slurm`: an `sbatch` job, a job array for a sharded stage). Either way the command
-//! writes into the stage's staging directory and the runner commits the outs when every shard
-//! has succeeded, so staleness, the lock and the run cache do not depend on the executor.
+//! cluster (`slurm`: see [`super::chain`], which submits every stage to run at once as a chain of
+//! `afterok` jobs; this module has the Slurm mechanics: submitting, following, describing how a
+//! task ended). Either way the command writes into the stage's staging directory and the outs
+//! are committed when every shard has succeeded, so staleness, the lock and the run cache do not
+//! depend on the executor.
 //!
 //! Shards: shard i of N runs the stage's command with `--shard i/N` appended (and
 //! `PIPELINE_SHARD=i/N`); each writes its own part files. The shards that finished are recorded
 //! in the staging directory (`.shards.json`, with the inputs they were made from), so after a
 //! failure only the failed or missing shards run again.
-//!
-//! Slurm: jobs are submitted when their upstream stages are committed (outs move into place
-//! between stages, which an `afterok` chain submitted up front could not wait for), followed
-//! with `squeue` (the job script also writes each task's exit code beside the logs, for jobs
-//! Slurm has already purged), and cancelled with `scancel` when the runner is interrupted.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{Executor, SlurmOptions};
+use super::manifest::SlurmOptions;
 
 /// How a stage can be split across processes or machines (`--shard i/N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,8 +58,6 @@ pub struct Job {
     /// After the shards, run the command once more with `--merge-shards N` (stages that put
     /// their shards' parts together in a step of their own).
     pub merge: bool,
-    pub executor: Executor,
-    pub slurm: SlurmOptions,
     /// Local shards at once.
     pub parallel: usize,
 }
@@ -82,13 +77,10 @@ impl Job {
     }
 }
 
-/// Run a job to the end: Ok when every shard (and the merge step after them) succeeded.
+/// Run a job here to the end: Ok when every shard (and the merge step after them) succeeded.
 pub fn run(job: &Job) -> Result<(), String> {
     if job.shards == 1 || !job.todo.is_empty() {
-        match job.executor {
-            Executor::Local => run_local(job)?,
-            Executor::Slurm => slurm::run(job)?,
-        }
+        run_local(job)?;
     }
     if job.shards > 1 && job.merge {
         let merge = Job {
@@ -121,7 +113,11 @@ fn run_local(job: &Job) -> Result<(), String> {
                     env.push(("PIPELINE_SHARD".into(), format!("{i}/{}", job.shards)));
                     let prefix = format!("{}[shard {i}/{}] ", job.prefix, job.shards);
                     match execute(&job.shard_cmd(i), &job.root, &env, &job.local_log(i), &prefix) {
-                        Ok(()) => shard_done(&job.staging, i, job.shards),
+                        Ok(()) => {
+                            if let Err(e) = shard_done(&job.staging, i, job.shards) {
+                                eprintln!("warning: cannot record shard {i} as done: {e}");
+                            }
+                        }
                         Err(e) => errors.lock().unwrap().push(format!(
                             "shard {i}/{}: {e} (log: {})",
                             job.shards,
@@ -159,11 +155,24 @@ fn shard_file(staging: &Path) -> PathBuf {
     staging.join(".shards.json")
 }
 
+/// `.shards.json` is read and rewritten by the runner's threads and, under Slurm, by the array
+/// tasks of a stage (processes on several nodes): a thread lock and a file lock beside the
+/// staging directory (which `pending_shards` may empty).
+fn lock_shard_file(staging: &Path) -> std::io::Result<(std::sync::MutexGuard<'static, ()>, fs::File)> {
+    let guard = SHARD_FILE.lock().unwrap_or_else(|p| p.into_inner());
+    let name = format!(".{}.shards.lock", staging.file_name().unwrap_or_default().to_string_lossy());
+    let dir = staging.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(name))?;
+    f.lock()?;
+    Ok((guard, f))
+}
+
 /// The shards of a stage still to run, given the key of its inputs (`key` covers the shard
 /// count). Staged work made from other inputs or another sharding is removed first: part files
 /// of another split must never mix with these.
 pub fn pending_shards(staging: &Path, key: &str, shards: usize) -> std::io::Result<Vec<usize>> {
-    let _guard = SHARD_FILE.lock().unwrap();
+    let _guard = lock_shard_file(staging)?;
     let file = shard_file(staging);
     let state: Option<ShardState> = fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok());
     match state {
@@ -197,8 +206,8 @@ fn write_state(staging: &Path, s: &ShardState, shards: usize) -> std::io::Result
 }
 
 /// Record shard `i` as finished.
-fn shard_done(staging: &Path, i: usize, shards: usize) {
-    let _guard = SHARD_FILE.lock().unwrap();
+pub(crate) fn shard_done(staging: &Path, i: usize, shards: usize) -> std::io::Result<()> {
+    let _guard = lock_shard_file(staging)?;
     let file = shard_file(staging);
     let mut s: ShardState =
         fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
@@ -206,13 +215,11 @@ fn shard_done(staging: &Path, i: usize, shards: usize) {
         s.done.push(i);
         s.done.sort();
     }
-    if let Err(e) = write_state(staging, &s, shards) {
-        eprintln!("warning: cannot record shard {i} as done in {}: {e}", file.display());
-    }
+    write_state(staging, &s, shards)
 }
 
 /// Shell single quotes.
-fn sq(s: &str) -> String {
+pub(crate) fn sq(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
@@ -266,17 +273,23 @@ pub mod slurm {
     /// The Slurm job of `stage` still queued or running (from the last submission), with its
     /// state: what `pipeline status` shows while a run is in flight.
     pub fn in_flight(state_dir: &Path, stage: &str) -> Option<(String, String)> {
+        // The ids of the stage's jobs, comma-separated (a sharded stage has three).
         let id = fs::read_to_string(state_dir.join("slurm").join(stage).join("job_id")).ok()?;
         let id = id.trim().to_string();
-        let out = Command::new("squeue").args(["-h", "-r", "-j", &id, "-O", "JobArrayID:|,State:|"]).output().ok()?;
-        if !out.status.success() {
-            return None;
+        // One squeue per job: squeue fails on a list that holds a job it has already purged.
+        let mut states: Vec<String> = Vec::new();
+        for one in id.split(',') {
+            let out = Command::new("squeue").args(["-h", "-r", "-j", one, "-O", "JobArrayID:|,State:|"]).output().ok()?;
+            if !out.status.success() {
+                continue;
+            }
+            states.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.split('|').nth(1).map(|s| s.trim().to_string()))
+                    .filter(|s| !is_final(s)),
+            );
         }
-        let states: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split('|').nth(1).map(|s| s.trim().to_string()))
-            .filter(|s| !is_final(s))
-            .collect();
         if states.is_empty() {
             return None;
         }
@@ -286,24 +299,6 @@ pub mod slurm {
 
     pub fn squeue_available() -> bool {
         Command::new("squeue").arg("--version").output().is_ok_and(|o| o.status.success())
-    }
-
-    fn script(job: &Job, rc_dir: &Path) -> String {
-        let mut s = String::from("#!/bin/sh\n# Written by `pipeline run --executor slurm`.\n");
-        s += &format!("cd {} || exit 97\n", sq(&job.root.to_string_lossy()));
-        for (k, v) in &job.env {
-            s += &format!("export {k}={}\n", sq(v));
-        }
-        s += "task=${SLURM_ARRAY_TASK_ID:-0}\n";
-        s += &format!("CMD={}\n", sq(&job.cmd));
-        if job.shards > 1 {
-            s += &format!("export PIPELINE_SHARD=\"$task/{n}\"\nsh -c \"$CMD --shard $task/{n}\"\n", n = job.shards);
-        } else {
-            s += "sh -c \"$CMD\"\n";
-        }
-        s += "rc=$?\n";
-        s += &format!("echo \"$rc\" > {}/\"$task.rc\"\nexit \"$rc\"\n", sq(&rc_dir.to_string_lossy()));
-        s
     }
 
     /// `--array` value for the shards to run: ranges where they are contiguous.
@@ -325,34 +320,45 @@ pub mod slurm {
         spec
     }
 
-    pub fn run(job: &Job) -> Result<(), String> {
+    /// One `sbatch`: a job, or an array of tasks.
+    pub struct Submission<'a> {
+        /// The stage (the job is named `pipeline:STAGE`).
+        pub stage: &'a str,
+        pub script: &'a Path,
+        pub root: &'a Path,
+        /// Where its logs go (`%x_%j.out`, or `%x_%A_%a.out` for an array).
+        pub logs: &'a Path,
+        /// Array task ids; None for a plain job.
+        pub array: Option<&'a [usize]>,
+        /// Jobs that must succeed first (`--dependency=afterok:...`).
+        pub after: &'a [String],
+        pub opts: &'a SlurmOptions,
+    }
+
+    /// Submit; the job id.
+    pub fn submit(s: &Submission) -> Result<String, String> {
         let abs = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        let state = abs(&job.state);
-        let logs = state.join("logs").join(&job.stage);
-        let dir = state.join("slurm").join(&job.stage);
         // The log directory must exist before sbatch, or the tasks fail at launch with no log.
-        let _ = super::super::run_cache::remove_any(&dir);
-        fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
-        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let script_path = dir.join("job.sh");
-        fs::write(&script_path, script(job, &dir))
-            .map_err(|e| format!("cannot write {}: {e}", script_path.display()))?;
-        let sharded = job.shards > 1;
-        let name = format!("pipeline:{}", job.stage);
+        fs::create_dir_all(s.logs).map_err(|e| format!("cannot create {}: {e}", s.logs.display()))?;
+        let logs = abs(s.logs);
         let mut args = vec![
             "--parsable".to_string(),
-            format!("--job-name={name}"),
-            format!("--chdir={}", abs(&job.root).display()),
+            format!("--job-name=pipeline:{}", s.stage),
+            format!("--chdir={}", abs(s.root).display()),
             "--kill-on-invalid-dep=yes".into(),
         ];
-        if sharded {
-            args.push(format!("--array={}", array_spec(&job.todo, job.slurm.array_throttle)));
-            args.push(format!("--output={}/%x_%A_%a.out", logs.display()));
-        } else {
-            args.push(format!("--output={}/%x_%j.out", logs.display()));
+        if !s.after.is_empty() {
+            args.push(format!("--dependency=afterok:{}", s.after.join(":")));
         }
-        args.extend(job.slurm.args());
-        args.push(script_path.to_string_lossy().into_owned());
+        match s.array {
+            Some(tasks) => {
+                args.push(format!("--array={}", array_spec(tasks, s.opts.array_throttle)));
+                args.push(format!("--output={}/%x_%A_%a.out", logs.display()));
+            }
+            None => args.push(format!("--output={}/%x_%j.out", logs.display())),
+        }
+        args.extend(s.opts.args());
+        args.push(abs(s.script).to_string_lossy().into_owned());
         let out = Command::new("sbatch")
             .args(&args)
             .output()
@@ -364,35 +370,50 @@ pub mod slurm {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
             return Err(format!("sbatch printed no job id: {:?}", String::from_utf8_lossy(&out.stdout)));
         }
-        let tasks: Vec<usize> = if sharded { job.todo.clone() } else { vec![0] };
-        eprintln!(
-            "{}⇪ submitted {} as Slurm job {id}{} (logs: {})",
-            job.prefix,
-            job.stage,
-            if sharded { format!(" (array {})", array_spec(&tasks, job.slurm.array_throttle)) } else { String::new() },
-            logs.display()
-        );
-        let _ = fs::write(dir.join("job_id"), &id);
         super::slurm_submitted(&id);
-        let result = follow(job, &id, &tasks, &dir, &logs);
-        super::slurm_finished(&id);
-        result
+        Ok(id)
     }
 
-    /// Poll squeue until every task is final; record finished shards; the error names each
-    /// failed task with its state and log.
-    fn follow(job: &Job, id: &str, tasks: &[usize], dir: &Path, logs: &Path) -> Result<(), String> {
-        let sharded = job.shards > 1;
+    /// A submitted job to follow to its end.
+    pub struct Followed<'a> {
+        pub stage: &'a str,
+        pub id: &'a str,
+        /// Array task ids, or None for a plain job (task 0).
+        pub array: Option<&'a [usize]>,
+        /// The shard count, to name a failed task `shard i/N`.
+        pub shards: usize,
+        /// Where the job script writes each task's exit code (`TASK.rc`).
+        pub rc_dir: &'a Path,
+        pub logs: &'a Path,
+        /// Prefix of the lines of a plain job's log, shown as they are written.
+        pub prefix: &'a str,
+        pub opts: &'a SlurmOptions,
+    }
+
+    /// How a followed job ended badly.
+    #[derive(Debug)]
+    pub struct JobFailure {
+        pub message: String,
+        /// Cancelled before any task started: the fate of a job whose dependency failed.
+        pub never_started: bool,
+    }
+
+    /// Poll squeue until every task is final; the error names each failed task with its state
+    /// and log.
+    pub fn follow(f: &Followed) -> Result<(), JobFailure> {
+        let (id, sharded) = (f.id, f.array.is_some());
+        let tasks: Vec<usize> = f.array.map_or(vec![0], <[usize]>::to_vec);
         let poll = std::env::var("PIPELINE_SLURM_POLL_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0f64);
         let mut fin: BTreeMap<usize, (String, String, Option<i64>)> = BTreeMap::new();
         let mut last_report = usize::MAX;
         let mut unlisted: BTreeMap<usize, u32> = BTreeMap::new();
-        // An unsharded job's output is shown as it grows, as a local stage's is.
+        // A plain job's output is shown as it grows, as a local stage's is.
         let mut shown = 0usize;
-        let single_log = logs.join(format!("pipeline:{}_{id}.out", job.stage));
+        let single_log = f.logs.join(format!("pipeline:{}_{id}.out", f.stage));
+        let dir = f.rc_dir;
         loop {
             if !sharded {
-                shown = show_new_lines(&single_log, shown, &job.prefix);
+                shown = show_new_lines(&single_log, shown, f.prefix);
             }
             let out = Command::new("squeue")
                 .args(["-h", "-t", "all", "-r", "-j", id, "-O", "JobArrayID:|,State:|,Reason:|,exit_code:|"])
@@ -418,7 +439,7 @@ pub mod slurm {
                 }
             }
             // Tasks Slurm no longer lists (purged): their exit code file says how they ended.
-            for &t in tasks {
+            for &t in &tasks {
                 if !fin.contains_key(&t)
                     && (!listed || !squeue_lists(&out, id, t, sharded))
                     && let Ok(rc) = fs::read_to_string(dir.join(format!("{t}.rc")))
@@ -431,7 +452,7 @@ pub mod slurm {
             // A task neither listed nor with an exit code for three polls running (every task
             // when squeue itself fails): ask accounting (sacct, when the cluster keeps it) how it
             // ended; else it was lost before it could write one (or Slurm is unreachable).
-            for &t in tasks {
+            for &t in &tasks {
                 let gone = !fin.contains_key(&t) && (!listed || !squeue_lists(&out, id, t, sharded));
                 let n = unlisted.entry(t).or_insert(0u32);
                 *n = if gone { *n + 1 } else { 0 };
@@ -446,13 +467,8 @@ pub mod slurm {
                     });
                 }
             }
-            for (&t, (state, _, _)) in &fin {
-                if state == "COMPLETED" && sharded {
-                    super::shard_done(&job.staging, t, job.shards);
-                }
-            }
             if fin.len() != last_report && sharded {
-                eprintln!("{}⧗ {}: {}/{} tasks of job {id} finished", job.prefix, job.stage, fin.len(), tasks.len());
+                eprintln!("{}⧗ {}: {}/{} tasks of job {id} finished", f.prefix, f.stage, fin.len(), tasks.len());
                 last_report = fin.len();
             }
             if tasks.iter().all(|t| fin.contains_key(t)) {
@@ -461,22 +477,27 @@ pub mod slurm {
             std::thread::sleep(Duration::from_secs_f64(poll));
         }
         if !sharded {
-            show_new_lines(&single_log, shown, &job.prefix);
+            show_new_lines(&single_log, shown, f.prefix);
         }
         let log_of = |t: usize| -> PathBuf {
-            let name = format!("pipeline:{}", job.stage);
-            if sharded { logs.join(format!("{name}_{id}_{t}.out")) } else { logs.join(format!("{name}_{id}.out")) }
+            let name = format!("pipeline:{}", f.stage);
+            if sharded { f.logs.join(format!("{name}_{id}_{t}.out")) } else { f.logs.join(format!("{name}_{id}.out")) }
         };
         let failed: Vec<String> = fin
             .iter()
             .filter(|(_, (state, _, _))| state != "COMPLETED")
             .map(|(&t, (state, reason, code))| {
-                let what =
-                    if sharded { format!("shard {t}/{} (task {id}_{t})", job.shards) } else { format!("job {id}") };
-                format!("{what}: {} (log: {})", describe(state, reason, *code, &job.slurm), log_of(t).display())
+                let what = if sharded { format!("shard {t}/{} (task {id}_{t})", f.shards) } else { format!("job {id}") };
+                format!("{what}: {} (log: {})", describe(state, reason, *code, f.opts), log_of(t).display())
             })
             .collect();
-        if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+        super::slurm_finished(id);
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let never_started = fin.values().all(|(state, _, _)| state == "CANCELLED")
+            && tasks.iter().all(|t| !dir.join(format!("{t}.rc")).exists());
+        Err(JobFailure { message: failed.join("; "), never_started })
     }
 
     /// Print the complete lines of `log` after byte `from`; returns where they end.

@@ -66,7 +66,8 @@ impl HashCache {
         if let Some(dir) = file.parent() {
             fs::create_dir_all(dir)?;
         }
-        let tmp = file.with_extension("tmp");
+        // Several processes may save the cache at once (Slurm jobs): each through a file of its own.
+        let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
         {
             let mut w = BufWriter::new(fs::File::create(&tmp)?);
             for (path, (st, hash)) in &self.entries {

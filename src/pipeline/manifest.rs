@@ -179,14 +179,14 @@ enum OneOrMany {
 
 /// What kind of output a path is; metrics and plots are outputs too, listed separately so that
 /// reports can find them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum OutKind {
     Out,
     Metric,
     Plot,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Output {
     pub path: String,
     pub kind: OutKind,
@@ -195,7 +195,7 @@ pub struct Output {
 }
 
 /// One validated stage, with variables substituted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Stage {
     pub name: String,
     pub desc: Option<String>,
@@ -213,8 +213,9 @@ pub struct Stage {
     pub slurm: SlurmOptions,
 }
 
-/// A validated manifest.
-#[derive(Debug, Clone)]
+/// A validated manifest (serialized for the Slurm executor's job steps, which must see the
+/// same stages, variables and `--set` parameters as the runner that submitted them).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Manifest {
     pub file: PathBuf,
     /// Directory that relative paths and commands are resolved against.

@@ -1,5 +1,6 @@
 //! The orchestrator: it knows files, hashes and processes, and nothing about ML.
 
+pub mod chain;
 pub mod check;
 pub mod executor;
 pub mod hash;

@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub executor: Option<Executor>,
     /// Shard counts by stage name, over the manifest's `shards:`.
     pub shards: Vec<(String, usize)>,
+    /// Slurm: submit the jobs and return without following them (they commit on their own).
+    pub detach: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +49,8 @@ pub enum Outcome {
     Skipped(String),
     /// Dry run: would run, for these reasons.
     WouldRun(Vec<String>),
+    /// Submitted to Slurm and not followed (`--detach`).
+    Submitted,
 }
 
 /// Paths of the state the runner keeps beside a manifest.
@@ -69,15 +73,15 @@ impl Paths {
         self.state.join("staging").join(stage)
     }
     /// Where a run cache entry is put together before it is moved into place.
-    fn restoring(&self, stage: &str) -> PathBuf {
+    pub(super) fn restoring(&self, stage: &str) -> PathBuf {
         self.state.join("restore").join(stage)
     }
     /// Where the previous outs wait while the new ones are moved into place.
-    fn old(&self, stage: &str) -> PathBuf {
+    pub(super) fn old(&self, stage: &str) -> PathBuf {
         self.state.join("old").join(stage)
     }
     /// The previous version of outs a stage writes in place.
-    fn backup(&self, stage: &str) -> PathBuf {
+    pub(super) fn backup(&self, stage: &str) -> PathBuf {
         self.state.join("backup").join(stage)
     }
 }
@@ -116,6 +120,12 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
     }
     fs::create_dir_all(paths.state.join("logs"))?;
     fs::create_dir_all(paths.state.join("params"))?;
+    if executor == Executor::Slurm {
+        let plan = super::chain::Plan { selected: &selected, forced: &forced, merges: &merges };
+        let out = super::chain::run(m, opts, &plan, &lock, &mut cache);
+        cache.save()?;
+        return out;
+    }
     let mut lock = lock;
     let jobs = opts.jobs.max(1);
     let mut outcome: Vec<Option<Outcome>> = vec![None; n];
@@ -177,13 +187,12 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
                 }
                 let shards = shard_count(m, opts, i);
                 // Shards that finished in an earlier run with the same inputs are not run again.
-                let key = format!("{}|{shards}", crate::util::hash_str(&serde_json::to_string(&current)?));
+                let key = shard_key(&current, shards)?;
                 let staging = paths.staging(&stage.name);
                 let todo = executor::pending_shards(&staging, &key, shards)
                     .with_context(|| format!("preparing {}", staging.display()))?;
-                let on = if executor == Executor::Slurm { " on Slurm" } else { "" };
                 let split = if shards > 1 { format!(", {} of {shards} shards", todo.len()) } else { String::new() };
-                eprintln!("▶ running {}{on}{split} ({})", stage.name, reasons.join("; "));
+                eprintln!("▶ running {}{split} ({})", stage.name, reasons.join("; "));
                 let (cmd, staged) = prepare(m, &paths, stage, &current)?;
                 let env = stage_env(m, &paths, stage, &current)?;
                 let job = Job {
@@ -197,8 +206,6 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
                     shards,
                     todo,
                     merge: merges[i],
-                    executor,
-                    slurm: stage.slurm.clone(),
                     parallel: jobs,
                 };
                 let tx = tx.clone();
@@ -234,8 +241,13 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
     Ok(out)
 }
 
+/// What the finished shards of a stage are recorded with: its inputs and the shard count.
+pub(super) fn shard_key(current: &StageLock, shards: usize) -> Result<String> {
+    Ok(format!("{}|{shards}", crate::util::hash_str(&serde_json::to_string(current)?)))
+}
+
 /// Stage `i`'s shard count: `--shards` over the manifest's `shards:`.
-fn shard_count(m: &Manifest, opts: &RunOptions, i: usize) -> usize {
+pub(super) fn shard_count(m: &Manifest, opts: &RunOptions, i: usize) -> usize {
     let stage = &m.stages[i];
     opts.shards.iter().rev().find(|(s, _)| *s == stage.name).map_or(stage.shards, |s| s.1)
 }
@@ -342,8 +354,8 @@ pub fn fmt_duration(d: Duration) -> String {
     if s < 60.0 { format!("{s:.1} s") } else { format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64) }
 }
 
-#[derive(Clone, Debug)]
-struct StagedOut {
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct StagedOut {
     out: PathBuf,
     /// Where the stage writes it; None when the command does not name the out (it then writes
     /// in place and `backup` holds the previous version).
@@ -351,8 +363,17 @@ struct StagedOut {
     backup: Option<PathBuf>,
 }
 
+/// The command with the out paths it names rewritten to their staging paths.
+pub(super) fn staged_command(m: &Manifest, paths: &Paths, stage: &Stage) -> String {
+    let staging = paths.staging(&stage.name);
+    let staging_rel = staging.strip_prefix(&m.root).unwrap_or(&staging).to_path_buf();
+    stage.outs.iter().fold(stage.cmd.clone(), |cmd, o| {
+        replace_path_token(&cmd, &o.path, &staging_rel.join(&o.path).to_string_lossy()).0
+    })
+}
+
 /// Rewrite the out paths in the command to their staging paths; back up outs written in place.
-fn prepare(m: &Manifest, paths: &Paths, stage: &Stage, _fp: &StageLock) -> Result<(String, Vec<StagedOut>)> {
+pub(super) fn prepare(m: &Manifest, paths: &Paths, stage: &Stage, _fp: &StageLock) -> Result<(String, Vec<StagedOut>)> {
     let staging = paths.staging(&stage.name);
     let staging_rel = staging.strip_prefix(&m.root).unwrap_or(&staging).to_path_buf();
     let mut cmd = stage.cmd.clone();
@@ -396,7 +417,7 @@ fn prepare(m: &Manifest, paths: &Paths, stage: &Stage, _fp: &StageLock) -> Resul
     Ok((cmd, staged))
 }
 
-fn stage_env(m: &Manifest, paths: &Paths, stage: &Stage, fp: &StageLock) -> Result<Vec<(String, String)>> {
+pub(super) fn stage_env(m: &Manifest, paths: &Paths, stage: &Stage, fp: &StageLock) -> Result<Vec<(String, String)>> {
     let params_file = paths.state.join("params").join(format!("{}.json", stage.name));
     fs::write(&params_file, serde_json::to_string_pretty(&m.stage_params(stage))?)?;
     let mut path = exe_dir().map(|d| d.into_os_string()).unwrap_or_default();
@@ -421,7 +442,7 @@ fn stage_env(m: &Manifest, paths: &Paths, stage: &Stage, fp: &StageLock) -> Resu
 /// The run cache entry to restore instead of running: one with the same inputs as now, when the
 /// inputs differ from the last run's (an out deleted or edited by hand with unchanged inputs
 /// makes the stage run again, not restore).
-fn restorable(lock: &Lock, stage: &Stage, current: &StageLock, runs: &RunCache) -> Option<Hit> {
+pub(super) fn restorable(lock: &Lock, stage: &Stage, current: &StageLock, runs: &RunCache) -> Option<Hit> {
     if stage.outs.is_empty() {
         return None; // a stage run for its side effects is never skipped
     }
@@ -432,7 +453,7 @@ fn restorable(lock: &Lock, stage: &Stage, current: &StageLock, runs: &RunCache) 
 /// Before a stage's outs are replaced: keep them in the run cache if they are still what the lock
 /// says the last run wrote and the cache lacks them (outs from before the run cache existed, or
 /// after `pipeline cache clear`), so that going back restores rather than recomputes them.
-fn preserve_previous(m: &Manifest, stage: &Stage, lock: &Lock, runs: &RunCache, cache: &mut HashCache) {
+pub(super) fn preserve_previous(m: &Manifest, stage: &Stage, lock: &Lock, runs: &RunCache, cache: &mut HashCache) {
     let Some(old) = lock.stages.get(&stage.name) else { return };
     if stage.outs.is_empty() || runs.lookup(stage, old).is_some() {
         return;
@@ -451,7 +472,7 @@ fn preserve_previous(m: &Manifest, stage: &Stage, lock: &Lock, runs: &RunCache, 
 /// Put a cached run's outs in place (through a staging directory of their own, so that a
 /// partial run's checkpoint in the stage's staging directory stays) and record it in the lock.
 #[allow(clippy::too_many_arguments)]
-fn restore(
+pub(super) fn restore(
     m: &Manifest,
     paths: &Paths,
     stage: &Stage,
@@ -477,7 +498,7 @@ fn restore(
 /// Move staged outs into place, hash them and record the stage in the lock; `staging` (where
 /// they were written) is removed.
 #[allow(clippy::too_many_arguments)]
-fn commit_outs(
+pub(super) fn commit_outs(
     m: &Manifest,
     paths: &Paths,
     stage: &Stage,
@@ -533,7 +554,7 @@ fn commit_outs(
     lock.save(&paths.lock)
 }
 
-fn restore_backups(staged: &[StagedOut]) {
+pub(super) fn restore_backups(staged: &[StagedOut]) {
     for s in staged {
         if let Some(b) = &s.backup {
             let _ = remove_any(&s.out);

@@ -7,6 +7,10 @@
 //! With `--device cpu` the "device" is the CPU backend with the hand-written kernels switched
 //! off (`whisper::kernels::set_enabled(false)`), i.e. the generic burn ops a GPU runs, and the
 //! reference is the CPU backend with its kernels: CI checks the device-generic path this way.
+//!
+//! `--precision bf16|f16` runs the device's base model in that precision (adapters fp32) against
+//! the fp32 reference, with the tolerance of that precision ([`tolerance`]); the training step in
+//! f16 scales the loss as training does ([`crate::train::LossScaler`]).
 
 use std::time::Instant;
 
@@ -16,8 +20,9 @@ use burn::prelude::*;
 use serde::Serialize;
 
 use crate::lora::{LoraConfig, Route, Targets};
+use crate::train::LossScaler;
 use crate::train::optim::GradMap;
-use crate::whisper::model::Whisper;
+use crate::whisper::model::{Precision, Whisper};
 use crate::whisper::weights::Loader;
 use crate::whisper::{WhisperConfig, kernels};
 
@@ -40,6 +45,8 @@ pub struct Options {
     /// Tokens per teacher-forced sequence.
     pub tokens: usize,
     pub seed: u64,
+    /// The device's base model: fp32, bf16 or f16 (the reference is fp32).
+    pub precision: Precision,
 }
 
 /// Largest absolute difference relative to the reference's largest absolute value.
@@ -75,6 +82,7 @@ pub struct ConfigReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub device: String,
+    pub precision: Precision,
     /// What the device path is compared with.
     pub reference: String,
     pub configs: Vec<ConfigReport>,
@@ -91,6 +99,19 @@ impl Report {
 /// fp32 everywhere: the device may order sums differently (GEMM blocking, fused attention),
 /// nothing more.
 pub const TOLERANCE: f64 = 1e-3;
+
+/// The largest difference allowed, relative to the reference's largest value, when the device's
+/// base model computes in `precision`: fp32 [`TOLERANCE`]; bf16 and f16 20 unit roundoffs of
+/// the format (bf16: 8-bit significand, u = 2^-8, so 0.078; f16: 11-bit, u = 2^-11, so 0.0098).
+/// Measured on tiny (README): 3 u for the encoder output and logits, about 10 u for the worst
+/// adapter gradient (a q projection's, the smallest gradients, behind the attention backward).
+pub fn tolerance(precision: Precision) -> f64 {
+    match precision {
+        Precision::Fp32 => TOLERANCE,
+        Precision::Bf16 => 20.0 * 2f64.powi(-8),
+        Precision::F16 => 20.0 * 2f64.powi(-11),
+    }
+}
 
 pub fn run(o: &Options) -> Result<Report> {
     let device = crate::whisper::device(&o.device)?;
@@ -110,6 +131,7 @@ pub fn run(o: &Options) -> Result<Report> {
     }
     Ok(Report {
         device: o.device.clone(),
+        precision: o.precision,
         reference: if on_cpu {
             "the CPU backend with its hand-written kernels (device: the same backend, generic burn ops only)".into()
         } else {
@@ -123,6 +145,11 @@ pub fn run(o: &Options) -> Result<Report> {
 fn random_model(cfg: &WhisperConfig, seed: u64, device: &Device) -> Whisper {
     let mut l = Loader::random(seed, device);
     Whisper::load(cfg, &mut l)
+}
+
+/// The device's model: the random model in the checked precision.
+fn device_model(cfg: &WhisperConfig, o: &Options, device: &Device) -> Whisper {
+    random_model(cfg, o.seed, device).with_precision(o.precision)
 }
 
 /// Deterministic inputs: log-mel-like values and token ids from a seeded generator.
@@ -165,8 +192,9 @@ fn check_config(
     // On the CPU the reference model serves both sides (the kernels make the difference).
     let reference = random_model(cfg, o.seed, cpu);
     let parameters = count(&reference);
-    let model = if on_cpu { reference.clone() } else { random_model(cfg, o.seed, device) };
-    let mut comparisons = compare_inference(&reference, &model, cpu, device, on_cpu, &mel, &tokens)?;
+    let model = if on_cpu { reference.clone().with_precision(o.precision) } else { device_model(cfg, o, device) };
+    let tol = tolerance(o.precision);
+    let mut comparisons = compare_inference(&reference, &model, cpu, device, on_cpu, &mel, &tokens, tol)?;
     drop(reference);
     let enc_rate = (o.repeat > 0).then(|| {
         with_kernels(!on_cpu, || {
@@ -178,8 +206,8 @@ fn check_config(
     drop(model);
     // One model with adapters on the device, for the training comparison and its timing.
     let ad = device.clone().autodiff();
-    let trainee = adapted_model(cfg, o, &ad)?;
-    comparisons.extend(compare_training(cfg, o, cpu, &trainee, &ad, &mel, &tokens)?);
+    let trainee = adapted_model(cfg, o, &ad, o.precision)?;
+    comparisons.extend(compare_training(cfg, o, cpu, &trainee, &ad, &mel, &tokens, tol)?);
     let step = |per_clip: usize| {
         timed(o.repeat, o.batch, || {
             let grads = routed_loss(&trainee, o, &ad, &mel, &tokens, per_clip).backward();
@@ -204,6 +232,7 @@ fn check_config(
 
 /// Encoder output and teacher-forced logits: the reference on the CPU with its kernels, the
 /// device with the generic ops.
+#[allow(clippy::too_many_arguments)]
 fn compare_inference(
     reference: &Whisper,
     model: &Whisper,
@@ -212,6 +241,7 @@ fn compare_inference(
     on_cpu: bool,
     mel: &TensorData,
     tokens: &TensorData,
+    tol: f64,
 ) -> Result<Vec<Comparison>> {
     let run = |m: &Whisper, dev: &Device| {
         let enc = m.encoder.forward(Tensor::from_data(mel.clone(), dev), None);
@@ -220,12 +250,13 @@ fn compare_inference(
     };
     let (enc_ref, logits_ref) = with_kernels(true, || run(reference, cpu));
     let (enc, logits) = with_kernels(!on_cpu, || run(model, device));
-    Ok(vec![compare("encoder output", enc_ref, enc)?, compare("decoder logits", logits_ref, logits)?])
+    Ok(vec![compare("encoder output", enc_ref, enc, tol)?, compare("decoder logits", logits_ref, logits, tol)?])
 }
 
 /// One training step of a multi-expert LoRA (adapters on q/v everywhere, B random so that
 /// every gradient is non-zero), clip i through expert i mod E: loss and the worst gradient.
 /// (On the CPU both sides run the same generic ops: training never uses the kernels.)
+#[allow(clippy::too_many_arguments)]
 fn compare_training(
     cfg: &WhisperConfig,
     o: &Options,
@@ -234,21 +265,22 @@ fn compare_training(
     ad: &Device,
     mel: &TensorData,
     tokens: &TensorData,
+    tol: f64,
 ) -> Result<Vec<Comparison>> {
     let cpu_ad = cpu.clone().autodiff();
-    let (loss_ref, grads_ref) = train_step(&adapted_model(cfg, o, &cpu_ad)?, o, &cpu_ad, mel, tokens);
+    let (loss_ref, grads_ref) = train_step(&adapted_model(cfg, o, &cpu_ad, Precision::Fp32)?, o, &cpu_ad, mel, tokens);
     let (loss, grads) = train_step(trainee, o, ad, mel, tokens);
     let mut worst: Option<Comparison> = None;
     for (k, g_ref) in &grads_ref {
         let Some(g) = grads.get(k) else { bail!("the device has no gradient for {k}") };
-        let c = compare(&format!("gradient {k}"), g_ref.clone(), g.clone())?;
+        let c = compare(&format!("gradient {k}"), g_ref.clone(), g.clone(), tol)?;
         if worst.as_ref().is_none_or(|w| c.relative > w.relative) {
             worst = Some(c);
         }
     }
     let mut worst = worst.ok_or_else(|| anyhow::anyhow!("no adapter gradients"))?;
     worst.what = format!("LoRA gradients ({} tensors; worst: {})", grads_ref.len(), worst.what);
-    Ok(vec![compare("training loss", TensorData::from([loss_ref]), TensorData::from([loss]))?, worst])
+    Ok(vec![compare("training loss", TensorData::from([loss_ref]), TensorData::from([loss]), tol)?, worst])
 }
 
 /// Parameters as transformers counts them: the output projection is the token embedding
@@ -310,14 +342,16 @@ fn routed_loss(
     picked.mean().neg().reshape([1])
 }
 
-/// The random model of `cfg` on `ad` with the experts' adapters of [`attach`].
-fn adapted_model(cfg: &WhisperConfig, o: &Options, ad: &Device) -> Result<Whisper> {
-    let mut m = random_model(cfg, o.seed, ad);
+/// The random model of `cfg` on `ad` in `precision`, with the experts' adapters of [`attach`].
+fn adapted_model(cfg: &WhisperConfig, o: &Options, ad: &Device, precision: Precision) -> Result<Whisper> {
+    let mut m = random_model(cfg, o.seed, ad).with_precision(precision);
     attach(&mut m, o, ad)?;
     Ok(m)
 }
 
-/// Loss and adapter gradients of one step, every clip through one expert.
+/// Loss and adapter gradients of one step, every clip through one expert. A model in f16
+/// scales the loss as training does: from the scaler's first scale, halved while the gradients
+/// overflow.
 fn train_step(
     m: &Whisper,
     o: &Options,
@@ -325,15 +359,24 @@ fn train_step(
     mel: &TensorData,
     tokens: &TensorData,
 ) -> (f32, std::collections::BTreeMap<String, TensorData>) {
-    let loss = routed_loss(m, o, ad, mel, tokens, 1);
-    let value: f32 = loss.clone().into_scalar();
-    let grads = GradMap::of(m, &loss.backward());
-    (value, grads.0.into_iter().map(|(k, g)| (k, g.into_data())).collect())
+    let mut scaler = (m.precision() == Precision::F16).then(LossScaler::default);
+    loop {
+        let loss = routed_loss(m, o, ad, mel, tokens, 1);
+        let value: f32 = loss.clone().into_scalar();
+        let scale = scaler.map_or(1.0, |s| s.scale);
+        let mut grads = GradMap::of(m, &(loss * scale).backward());
+        grads.scale(1.0 / scale);
+        let finite = grads.norm().is_finite();
+        if scaler.as_mut().is_none_or(|s| s.update(finite)) || scale <= 1.0 {
+            return (value, grads.0.into_iter().map(|(k, g)| (k, g.into_data())).collect());
+        }
+        eprintln!("gpu-check: f16 gradients overflowed at loss scale {scale}; halved");
+    }
 }
 
-fn compare(what: &str, reference: TensorData, device: TensorData) -> Result<Comparison> {
-    let r: Vec<f32> = reference.try_to_vec::<f32>()?;
-    let d: Vec<f32> = device.try_to_vec::<f32>()?;
+fn compare(what: &str, reference: TensorData, device: TensorData, tolerance: f64) -> Result<Comparison> {
+    let r: Vec<f32> = reference.try_into_vec_as::<f32>()?;
+    let d: Vec<f32> = device.try_into_vec_as::<f32>()?;
     if r.len() != d.len() {
         bail!("{what}: {} values on the reference, {} on the device", r.len(), d.len());
     }
@@ -346,8 +389,8 @@ fn compare(what: &str, reference: TensorData, device: TensorData) -> Result<Comp
         max_abs_diff,
         max_abs_reference,
         relative,
-        tolerance: TOLERANCE,
-        ok: finite && relative <= TOLERANCE,
+        tolerance,
+        ok: finite && relative <= tolerance,
     })
 }
 
@@ -363,7 +406,7 @@ fn timed(repeat: usize, items: usize, mut f: impl FnMut()) -> f64 {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        writeln!(f, "device {} against {}", self.device, self.reference)?;
+        writeln!(f, "device {} ({}) against {}", self.device, self.precision.name(), self.reference)?;
         for c in &self.configs {
             writeln!(
                 f,
@@ -427,7 +470,11 @@ pub struct MemoryEstimate {
 /// generic op computes it); the LoRA products x A of q and v (2 t r). Decoder layers add the
 /// cross-attention: its layer norm's input and output, q and output (4 t d), the keys and values
 /// of the encoder's s frames (2 s d), scores and probabilities (2 h t s) and the LoRA products of
-/// q and v ((t + s) r); the logits and their log-softmax add 2 t V.
+/// q and v ((t + s) r); the logits and their log-softmax add 2 t V. In bf16/f16 the attention
+/// (in training) and the layer norms compute in fp32 ([`crate::whisper::Precision`]): the scores and
+/// probabilities, the fp32 copies of q, k and v, and each layer norm's fp32 input stay at 4 bytes,
+/// the rest at `activation_bytes`.
+#[allow(clippy::too_many_arguments)]
 pub fn estimate_memory(
     name: &str,
     cfg: &WhisperConfig,
@@ -451,16 +498,26 @@ pub fn estimate_memory(
     let adapted = adapted_encoder_layers.min(cfg.encoder_layers);
     let attentions = adapted + 2 * cfg.decoder_layers;
     let lora = (experts * attentions * 2 * 2 * d * rank) as f64;
-    let layer =
-        |t: usize, s: usize, h: usize, ffn: usize| (10 * t * d + 2 * t * ffn + 2 * h * t * s + 2 * t * rank) as f64;
-    let enc = adapted as f64 * layer(s, s, cfg.encoder_attention_heads, cfg.encoder_ffn_dim);
-    let cross = 4 * t * d + 2 * s * d + 2 * cfg.decoder_attention_heads * t * s + (t + s) * rank;
-    let dec = cfg.decoder_layers as f64
-        * (layer(t, t, cfg.decoder_attention_heads, cfg.decoder_ffn_dim) + cross as f64)
-        + (t * cfg.vocab_size) as f64 * 2.0;
+    // (values at activation_bytes, values in fp32 below fp32: attention and layer norms)
+    let low = activation_bytes < 4;
+    let layer = |t: usize, s: usize, h: usize, ffn: usize| {
+        let all = (10 * t * d + 2 * t * ffn + 2 * h * t * s + 2 * t * rank) as f64;
+        let fp32 = if low { (2 * h * t * s + 3 * t * d + 2 * t * d) as f64 } else { 0.0 };
+        (all - if low { (2 * h * t * s) as f64 } else { 0.0 }, fp32)
+    };
+    let enc = layer(s, s, cfg.encoder_attention_heads, cfg.encoder_ffn_dim);
+    let h = cfg.decoder_attention_heads;
+    let cross_all = (4 * t * d + 2 * s * d + 2 * h * t * s + (t + s) * rank) as f64;
+    let cross_fp32 = if low { (2 * h * t * s + t * d + 2 * s * d + t * d) as f64 } else { 0.0 };
+    let cross = (cross_all - if low { (2 * h * t * s) as f64 } else { 0.0 }, cross_fp32);
+    let dec = layer(t, t, h, cfg.decoder_ffn_dim);
+    let logits = (t * cfg.vocab_size) as f64 * 2.0;
+    let n_dec = cfg.decoder_layers as f64;
+    let low_values = adapted as f64 * enc.0 + n_dec * (dec.0 + cross.0);
+    let fp32_values = adapted as f64 * enc.1 + n_dec * (dec.1 + cross.1) + logits;
     let weights_gib = weights * weight_bytes as f64 / GIB;
     let adapters_gib = lora * 16.0 / GIB;
-    let per_row = (enc + dec) * activation_bytes as f64 / GIB;
+    let per_row = (low_values * activation_bytes as f64 + fp32_values * 4.0) / GIB;
     let fit = |total: f64| ((0.9 * total - weights_gib - adapters_gib) / per_row).floor().max(0.0) as usize;
     MemoryEstimate {
         config: name.to_string(),
@@ -494,5 +551,15 @@ mod tests {
         // LoRA on 1 adapted encoder attention and 4 x 2 decoder ones, q and v, A and B
         // (2*384*16), 16 bytes each with grad and moments.
         assert!((m.adapters_gib * (1u64 << 30) as f64 - (9 * 2 * 2 * 384 * 16 * 16) as f64).abs() < 0.5);
+        // bf16: the attention (scores and probabilities, fp32 copies of q, k, v) and the layer
+        // norms' fp32 inputs stay at 4 bytes. Encoder layer: 37_416_000 - 27_000_000 scores =
+        //   10_416_000 at 2 bytes; 27_000_000 + 5*1500*384 = 29_880_000 at 4. Decoder layer:
+        //   27_968 - 192 = 27_776 at 2, 192 + 5*4*384 = 7_872 at 4; cross-attention 1_254_208 -
+        //   72_000 = 1_182_208 at 2, 72_000 + 4*384 + 2*1500*384 + 4*384 = 1_227_072 at 4;
+        //   logits at 4. Bytes: 2*(10_416_000 + 4*1_209_984) + 4*(29_880_000 + 4*1_234_944 + 414_920).
+        let b = estimate_memory("tiny", &cfg, 1, 16, 1, 4, 2, 2);
+        let bytes = 2.0 * (10_416_000.0 + 4.0 * 1_209_984.0) + 4.0 * (29_880_000.0 + 4.0 * 1_234_944.0 + 414_920.0);
+        assert!((b.activations_per_row_gib * (1u64 << 30) as f64 - bytes).abs() < 1.0);
+        assert!((b.weights_gib * 2.0 - m.weights_gib).abs() < 1e-12);
     }
 }

@@ -113,3 +113,30 @@ fn named_configs_equal_the_released_ones() {
         check("base", &base);
     }
 }
+
+/// bf16 and f16 base models (adapters fp32) on the generic path against the fp32 kernels: every
+/// op of the forward and backward passes runs in the lower precision without a mixed-dtype
+/// operation (the CPU backend refuses those), and the results stay within the precision's
+/// tolerance but measurably away from fp32 (the cast happened).
+#[test]
+fn bf16_and_f16_base_models_stay_within_their_tolerance() {
+    for (precision, tolerance) in [("bf16", 20.0 * 2f64.powi(-8)), ("f16", 20.0 * 2f64.powi(-11))] {
+        let r = run_json(
+            &["--config", "tiny", "--repeat", "0", "--batch", "1", "--experts", "2", "--precision", precision],
+            precision,
+        );
+        assert_eq!(r["precision"], precision);
+        let c = &r["configs"][0];
+        for what in ["encoder output", "decoder logits", "training loss", "LoRA gradients"] {
+            let x = comparison(c, what);
+            let rel = x["relative"].as_f64().unwrap();
+            assert_eq!(x["tolerance"].as_f64().unwrap(), tolerance, "{x}");
+            assert!(rel <= tolerance && x["ok"] == true, "{precision} {what}: {x}");
+        }
+        for what in ["encoder output", "decoder logits"] {
+            // fp32 on the same path differs by ~1e-6 (the kernels' test above).
+            let rel = comparison(c, what)["relative"].as_f64().unwrap();
+            assert!(rel > 1e-4, "{precision} {what}: {rel} is fp32's difference; was the model cast?");
+        }
+    }
+}

@@ -40,6 +40,9 @@ struct Args {
     tokens: usize,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// The device's base model: fp32, bf16 or f16 (adapters fp32; the reference is fp32)
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: whisper_moe::whisper::Precision,
     /// Also write the report as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         repeat: a.repeat,
         tokens: a.tokens.max(2),
         seed: a.seed,
+        precision: a.precision,
     };
     let report = match run(&o) {
         Ok(r) => r,

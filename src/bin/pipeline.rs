@@ -207,6 +207,9 @@ struct TranscribeArgs {
     /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The base model's weights and activations: fp32, or bf16/f16 (for GPUs; adapters stay fp32).
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: whisper_moe::whisper::Precision,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     #[arg(long, default_value_t = 200)]
@@ -522,9 +525,10 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         Mixture(Box<Mixture>),
     }
     let runner = match &args.mixture {
-        Some(dir) => Runner::Mixture(Box::new(Mixture::load(dir, args.model.as_deref(), &dev)?)),
+        Some(dir) => Runner::Mixture(Box::new(Mixture::load(dir, args.model.as_deref(), &dev, args.precision)?)),
         None => {
-            let mut ck = Checkpoint::load(args.model.as_deref().unwrap_or("openai/whisper-tiny.en"), &dev)?;
+            let mut ck = Checkpoint::load(args.model.as_deref().unwrap_or("openai/whisper-tiny.en"), &dev)?
+                .with_precision(args.precision);
             let expert = match &args.adapter {
                 Some(a) => {
                     whisper_moe::whisper::peft::load_experts(&mut ck.model, std::slice::from_ref(a), &dev)?;

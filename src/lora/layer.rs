@@ -93,8 +93,10 @@ impl MultiLora {
         self.a.dims()[2]
     }
 
-    /// The adapters' contribution for x [rows, T, d_in] -> [rows, T, d_out].
+    /// The adapters' contribution for x [rows, T, d_in] -> [rows, T, d_out], in fp32 (the
+    /// adapters' precision) whatever the input's.
     pub fn delta(&self, x: Tensor<3>, route: &Route) -> Tensor<3> {
+        let x = x.cast(burn::tensor::FloatDType::F32);
         let x = if route.train && self.dropout > 0.0 { dropout(x, self.dropout) } else { x };
         let a = self.a.val().select(0, route.expert.clone()); // [rows, d_in, r]
         let b = self.b.val().select(0, route.expert.clone()); // [rows, r, d_out]
@@ -112,6 +114,7 @@ impl MultiLora {
     pub fn delta_shared(&self, x_u: Tensor<3>, row_utt: &Tensor<1, Int>, route: &Route) -> Tensor<3> {
         let [u, t, d_in] = x_u.dims();
         let [e, _, r] = self.a.dims();
+        let x_u = x_u.cast(burn::tensor::FloatDType::F32);
         let x_u = if route.train && self.dropout > 0.0 { dropout(x_u, self.dropout) } else { x_u };
         let a = self.a.val().swap_dims(0, 1).reshape([d_in, e * r]); // [d_in, E*r]
         let xa = x_u.reshape([u * t, d_in]).matmul(a).reshape([u, t, e, r]).swap_dims(1, 2).reshape([u * e, t, r]);

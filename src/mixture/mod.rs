@@ -20,8 +20,8 @@ use crate::lora::LoraConfig;
 use crate::routing::centroid::Centroids;
 use crate::routing::gate::Gate;
 use crate::train::{EncoderCache, Example};
-use crate::whisper::Checkpoint;
 use crate::whisper::model::Whisper;
+use crate::whisper::{Checkpoint, Precision};
 
 /// The routing configuration saved with a mixture (`routing.json`): what inference needs to
 /// route new audio exactly as training did.
@@ -76,12 +76,13 @@ pub struct Routed {
 impl Mixture {
     /// Load `dir` (the joint stage's `mixture/`); `base_model` overrides the checkpoint it
     /// names (its hash must still match).
-    pub fn load(dir: &Path, base_model: Option<&str>, device: &Device) -> Result<Mixture> {
+    pub fn load(dir: &Path, base_model: Option<&str>, device: &Device, precision: Precision) -> Result<Mixture> {
         let config = MixtureConfig::read(dir)?;
         let source = base_model.unwrap_or(&config.base_model);
         let ck = Checkpoint::load(source, device).with_context(|| {
             format!("loading the base model `{source}` of {} (pass --model to point elsewhere)", dir.display())
         })?;
+        let ck = ck.with_precision(precision);
         Self::with_checkpoint(dir, config, ck)
     }
 

@@ -79,7 +79,7 @@ impl Stage for Dense {
     type Summary = DenseSummary;
 
     fn run(paths: &DensePaths, p: &ExpertsParams) -> Result<DenseSummary> {
-        let (ck, g) = super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, true)?;
+        let (ck, g) = super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, p.precision, true)?;
         let dev = ck.device.clone();
         let expert_steps = ExpertsManifest::read(&paths.experts)?.total_steps();
         let joint = JointSummary::read(&paths.joint)?;

@@ -40,6 +40,9 @@ crate::params! {
         pub on_error: OnError = OnError::Skip,
         /// cpu, cuda or cuda:N.
         pub device: String = "cpu".into(),
+        /// fp32, bf16 or f16: the base model's weights and activations (fp32 is the default, and
+        /// the only one with the CPU kernels; bf16 and f16 are for GPUs).
+        pub precision: crate::whisper::Precision = crate::whisper::Precision::Fp32,
         /// Clips longer than this are rejected (Whisper sees 30 s).
         pub max_seconds: f32 = 30.0,
         /// Clips whose RMS level is below this (dBFS) are rejected as silent.
@@ -108,7 +111,7 @@ impl Stage for Embed {
 
     fn run(paths: &EmbedPaths, p: &EmbedParams) -> Result<EmbedSummary> {
         let ds = Dataset::open(&paths.dataset, &p.columns)?;
-        let ck = Checkpoint::load(&paths.model, &device(&p.device)?)?;
+        let ck = Checkpoint::load(&paths.model, &device(&p.device)?)?.with_precision(p.precision);
         embed(&ck, &ds, p, paths)
     }
 }

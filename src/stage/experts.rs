@@ -47,6 +47,9 @@ crate::params! {
         /// only; the dense baseline ignores it.)
         pub shared_epochs: usize = 0,
         pub device: String = "cpu".into(),
+        /// fp32, bf16 or f16: the frozen base model's weights and activations (adapters, gate and
+        /// optimizer state stay fp32; f16 scales the loss). For GPUs; fp32 on CPU.
+        pub precision: crate::whisper::Precision = crate::whisper::Precision::Fp32,
         /// Language of every utterance's prompt when the dataset has no language column; None:
         /// the language the embed stage detected (multilingual checkpoints; needs --embeddings).
         pub language: Option<String> = None,
@@ -204,7 +207,7 @@ impl Stage for Experts {
     type Summary = ExpertsReport;
 
     fn run(paths: &ExpertsPaths, p: &ExpertsParams) -> Result<ExpertsReport> {
-        let (ck, g) = super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, true)?;
+        let (ck, g) = super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, p.precision, true)?;
         let dev = ck.device.clone();
         let k = g.experts();
         let mut data = ExpertData::gather(&ck, &g, &paths.base.dataset, paths.embeddings.as_deref(), p)?;

@@ -39,6 +39,9 @@ crate::params! {
         pub eval_every_n_epochs: usize = 1,
         pub eval: EvalConfig = EvalConfig::default(),
         pub device: String = "cpu".into(),
+        /// fp32, bf16 or f16: the frozen base model's weights and activations (adapters, gate and
+        /// optimizer state stay fp32; f16 scales the loss). For GPUs; fp32 on CPU.
+        pub precision: crate::whisper::Precision = crate::whisper::Precision::Fp32,
         /// Language of every utterance's prompt when the dataset has no language column; None:
         /// the language the embed stage detected (multilingual checkpoints).
         pub language: Option<String> = None,
@@ -124,7 +127,7 @@ impl Stage for Joint {
     type Summary = JointSummary;
 
     fn run(paths: &JointPaths, p: &JointParams) -> Result<JointSummary> {
-        let (ck, g) = super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, true)?;
+        let (ck, g) = super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, p.precision, true)?;
         let dev = ck.device.clone();
         let (emb, emb_meta) = Embeddings::read(&paths.embeddings)?;
         super::embed::check_same_checkpoint(&paths.embeddings, &emb_meta, &ck, &paths.base.model)?;

@@ -52,11 +52,12 @@ pub fn checkpoint_and_grouping(
     model: &str,
     clusters: &std::path::Path,
     device: &str,
+    precision: crate::whisper::Precision,
     training: bool,
 ) -> Result<(crate::whisper::Checkpoint, crate::artifacts::Grouping)> {
     let dev = crate::whisper::device(device)?;
     let dev = if training { dev.autodiff() } else { dev };
-    let ck = crate::whisper::Checkpoint::load(model, &dev)?;
+    let ck = crate::whisper::Checkpoint::load(model, &dev)?.with_precision(precision);
     let g = crate::artifacts::Grouping::read(clusters)?;
     g.check_checkpoint(&ck.hash, &ck.dir)?;
     Ok((ck, g))

@@ -92,10 +92,46 @@ impl Default for AdamWConfig {
     }
 }
 
+/// Dynamic loss scaling for training through an f16 base model, as torch's `GradScaler`: the
+/// loss is multiplied by `scale` before the backward pass (so that small gradients do not
+/// underflow in f16) and the gradients divided by it; a step whose gradients are not finite is
+/// skipped and the scale halved, and after `growth_interval` good steps in a row it doubles.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScaler {
+    pub scale: f32,
+    pub good_steps: u32,
+    pub growth_interval: u32,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        LossScaler { scale: 65536.0, good_steps: 0, growth_interval: 2000 }
+    }
+}
+
+impl LossScaler {
+    /// After a step's gradients were unscaled: take the step (true) or skip it.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if !finite {
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.good_steps = 0;
+            return false;
+        }
+        self.good_steps += 1;
+        if self.good_steps >= self.growth_interval {
+            self.scale = (self.scale * 2.0).min(2f32.powi(24));
+            self.good_steps = 0;
+        }
+        true
+    }
+}
+
 /// AdamW with per-parameter moments (flattened, on the parameters' device).
 pub struct AdamW {
     pub config: AdamWConfig,
     pub step: u64,
+    /// Loss scaling, when the model computes in f16 (saved and resumed with the moments).
+    pub loss_scale: Option<LossScaler>,
     m: HashMap<String, Tensor<1>>,
     v: HashMap<String, Tensor<1>>,
 }
@@ -158,7 +194,7 @@ impl<const D: usize> InnerDetached for Tensor<D> {
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> AdamW {
-        AdamW { config, step: 0, m: HashMap::new(), v: HashMap::new() }
+        AdamW { config, step: 0, loss_scale: None, m: HashMap::new(), v: HashMap::new() }
     }
 
     /// One update of every parameter that has a gradient in `grads`.
@@ -189,10 +225,13 @@ impl AdamW {
                 Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![b.len() / 4], b)?))
             })
             .collect::<Result<_>>()?;
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             ("step".to_string(), self.step.to_string()),
             ("config".to_string(), serde_json::to_string(&self.config)?),
         ]);
+        if let Some(s) = &self.loss_scale {
+            meta.insert("loss_scale".to_string(), serde_json::to_string(s)?);
+        }
         safetensors::serialize_to_file(views, Some(meta), path)?;
         Ok(())
     }
@@ -206,6 +245,7 @@ impl AdamW {
         let st = safetensors::SafeTensors::deserialize(&bytes)?;
         let mut opt = AdamW::new(config);
         opt.step = step;
+        opt.loss_scale = meta.get("loss_scale").map(|s| serde_json::from_str(s)).transpose()?;
         for (k, v) in st.tensors() {
             let vals: Vec<f32> = v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
             let n = vals.len();

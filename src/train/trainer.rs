@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{load_trainables, save_trainables};
-use super::optim::{AdamW, AdamWConfig, GradMap, warmup_lr};
+use super::optim::{AdamW, AdamWConfig, GradMap, LossScaler, warmup_lr};
 use crate::stage::Progress;
 
 /// The loop's settings (a stage's `train:` parameters map onto these).
@@ -181,6 +181,10 @@ where
     let mut model = model;
     let mut best = task.keeps_best().then(|| model.clone());
     let mut opt = AdamW::new(cfg.optimizer.clone());
+    opt.loss_scale = computes_in_f16(&model).then(LossScaler::default);
+    if let Some(s) = &opt.loss_scale {
+        eprintln!("the base model computes in f16: dynamic loss scaling from {}", s.scale);
+    }
     let mut start = 0;
     let mut stopped_early = false;
     if let Some(s) = dir.read(fingerprint) {
@@ -270,13 +274,23 @@ fn run_epoch<M: Module + Clone, T: TrainTask<M>>(
         }
         sum += value as f64 * batch.len() as f64;
         n += batch.len();
+        let scale = opt.loss_scale.map_or(1.0, |s| s.scale);
+        let loss = if scale == 1.0 { loss } else { loss * scale };
         acc.accumulate(GradMap::of(&*model, &loss.backward()));
         micro += 1;
         if closes {
-            acc.scale(1.0 / micro as f32);
-            acc.clip(cfg.max_grad_norm);
-            let lr_of = |path: &str| lr * task.lr_scale(path);
-            *model = opt.step_with(model.clone(), &acc, &lr_of);
+            acc.scale(1.0 / (micro as f32 * scale));
+            let norm = acc.clip(cfg.max_grad_norm);
+            let take = opt.loss_scale.as_mut().is_none_or(|s| s.update(norm.is_finite()));
+            if take {
+                let lr_of = |path: &str| lr * task.lr_scale(path);
+                *model = opt.step_with(model.clone(), &acc, &lr_of);
+            } else {
+                eprintln!(
+                    "f16: the gradients overflowed at loss scale {scale}; step skipped, scale now {}",
+                    opt.loss_scale.map_or(1.0, |s| s.scale)
+                );
+            }
             acc = GradMap::default();
             micro = 0;
         }
@@ -288,6 +302,19 @@ fn run_epoch<M: Module + Clone, T: TrainTask<M>>(
         p.finish();
     }
     Ok(sum / n.max(1) as f64)
+}
+
+/// Does the module hold f16 tensors (a base model in f16, whose training scales the loss)?
+fn computes_in_f16<M: Module>(model: &M) -> bool {
+    struct AnyF16(bool);
+    impl burn::module::ModuleVisitor for AnyF16 {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            self.0 |= p.val().dtype() == burn::tensor::DType::F16;
+        }
+    }
+    let mut v = AnyF16(false);
+    model.visit(&mut v);
+    v.0
 }
 
 /// The device of a module's first floating-point parameter.

@@ -21,7 +21,7 @@ use burn::prelude::*;
 
 pub use config::{GenerationConfig, WhisperConfig};
 pub use decode::{GreedyOptions, greedy};
-pub use model::Whisper;
+pub use model::{Precision, Whisper};
 pub use tokenizer::{Task, WhisperTokenizer};
 
 use crate::audio::mel::{LogMel, N_FRAMES};
@@ -129,6 +129,12 @@ impl Checkpoint {
             hash,
             device: device.clone(),
         })
+    }
+
+    /// The checkpoint with its base model in `precision` (before any adapter is attached).
+    pub fn with_precision(mut self, precision: Precision) -> Checkpoint {
+        self.model = self.model.with_precision(precision);
+        self
     }
 
     /// Log-mel features [n_mels, 3000] of 16-kHz audio.

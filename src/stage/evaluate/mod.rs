@@ -36,6 +36,8 @@ crate::params! {
         /// set's voice_group: seen / new voices).
         pub group_columns: Vec<String> = vec!["voice_group".into()],
         pub device: String = "cpu".into(),
+        /// fp32, bf16 or f16: the base model's weights and activations when decoding (for GPUs).
+        pub precision: crate::whisper::Precision = crate::whisper::Precision::Fp32,
         /// Language of every utterance when the dataset has no language column; None: the
         /// language the embed stage detected, or (held-out sets) detected when decoding.
         pub language: Option<String> = None,

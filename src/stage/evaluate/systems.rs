@@ -53,7 +53,8 @@ impl Inputs {
     }
 
     pub fn load(paths: &EvaluatePaths, p: &EvaluateParams) -> Result<Inputs> {
-        let (ck, g) = super::super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, false)?;
+        let (ck, g) =
+            super::super::checkpoint_and_grouping(&paths.base.model, &paths.clusters, &p.device, p.precision, false)?;
         let dev = ck.device.clone();
         let (emb, _) = Embeddings::read(&paths.embeddings)?;
         let mix_dir = paths.joint.join("mixture");

@@ -19,8 +19,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::executor::slurm::{self, Followed, JobFailure, Submission};
 use super::executor::{pending_shards, shard_done, sq};
@@ -130,9 +130,7 @@ pub fn run(
         }
     }
     if opts.detach {
-        eprintln!(
-            "detached: the jobs run and commit on their own; `pipeline status` shows them, `scancel` stops them"
-        );
+        eprintln!("detached: the jobs run and commit on their own; `pipeline status` shows them, `scancel` stops them");
         for i in (0..n).filter(|&i| !parts[i].is_empty()) {
             outcome[i] = Some(Outcome::Submitted);
         }
@@ -194,23 +192,36 @@ fn submit_stage(
     }
     header += &format!("P={}\nD={}\nCMD={}\n", sq(&exe.to_string_lossy()), sq(&dir.to_string_lossy()), sq(&cmd));
     // Light jobs (judging, committing) ask for no GPU, memory or CPUs of the stage's own.
-    let light = SlurmOptions { gpus: None, gres: None, mem: None, mem_per_cpu: None, cpus_per_task: None, ..stage.slurm.clone() };
-    let submit = |name: &str, body: String, array: Option<&[usize]>, after: &[String], o: &SlurmOptions| -> Result<Part> {
-        let script = dir.join(format!("{name}.sh"));
-        let rc_dir = dir.join(name);
-        fs::create_dir_all(&rc_dir)?;
-        fs::write(&script, format!("{header}{body}echo \"$rc\" > \"$D/{name}/${{SLURM_ARRAY_TASK_ID:-0}}.rc\"\nexit \"$rc\"\n"))
-            .with_context(|| format!("cannot write {}", script.display()))?;
-        let sub = Submission { stage: &stage.name, script: &script, root: &m.root, logs: &logs, array, after, opts: o };
-        let id = slurm::submit(&sub).map_err(anyhow::Error::msg)?;
-        Ok(Part { id, array: array.map(<[usize]>::to_vec), rc_dir, shards })
+    let light = SlurmOptions {
+        gpus: None,
+        gres: None,
+        mem: None,
+        mem_per_cpu: None,
+        cpus_per_task: None,
+        ..stage.slurm.clone()
     };
+    let submit =
+        |name: &str, body: String, array: Option<&[usize]>, after: &[String], o: &SlurmOptions| -> Result<Part> {
+            let script = dir.join(format!("{name}.sh"));
+            let rc_dir = dir.join(name);
+            fs::create_dir_all(&rc_dir)?;
+            fs::write(
+                &script,
+                format!("{header}{body}echo \"$rc\" > \"$D/{name}/${{SLURM_ARRAY_TASK_ID:-0}}.rc\"\nexit \"$rc\"\n"),
+            )
+            .with_context(|| format!("cannot write {}", script.display()))?;
+            let sub =
+                Submission { stage: &stage.name, script: &script, root: &m.root, logs: &logs, array, after, opts: o };
+            let id = slurm::submit(&sub).map_err(anyhow::Error::msg)?;
+            Ok(Part { id, array: array.map(<[usize]>::to_vec), rc_dir, shards })
+        };
     let after: Vec<String> = ups.iter().filter_map(|&u| parts[u].last()).map(|p| p.id.clone()).collect();
     let begin = "\"$P\" slurm-step begin \"$D\"; rc=$?\n";
     let end = "  \"$P\" slurm-step end \"$D\" --rc \"$rc\"; e=$?\n  [ \"$rc\" = 0 ] && rc=$e\n";
     let mut described = Vec::new();
     let out = if shards == 1 {
-        let body = format!("{begin}if [ \"$rc\" = 0 ] && [ ! -e \"$D/skip\" ]; then\n  sh -c \"$CMD\"; rc=$?\n{end}fi\n");
+        let body =
+            format!("{begin}if [ \"$rc\" = 0 ] && [ ! -e \"$D/skip\" ]; then\n  sh -c \"$CMD\"; rc=$?\n{end}fi\n");
         let p = submit("job", body, None, &after, &stage.slurm)?;
         described.push(p.id.clone());
         vec![p]
@@ -229,9 +240,8 @@ fn submit_stage(
             out.push(p);
         }
         let (body, o, what) = if plan.merges[i] {
-            let merge = format!(
-                "  echo \"merging its {shards} shards\"\n  sh -c \"$CMD --merge-shards {shards}\"; rc=$?\n"
-            );
+            let merge =
+                format!("  echo \"merging its {shards} shards\"\n  sh -c \"$CMD --merge-shards {shards}\"; rc=$?\n");
             (format!("rc=0\nif [ ! -e \"$D/skip\" ]; then\n{merge}{end}fi\n"), &stage.slurm, "merging its shards, end")
         } else {
             (format!("rc=0\nif [ ! -e \"$D/skip\" ]; then\n{end}fi\n"), &light, "end")
@@ -339,9 +349,8 @@ fn follow_all(m: &Manifest, paths: &Paths, parts: &[Vec<Part>], outcome: &mut [O
             continue;
         }
         let stage = &m.stages[i].name;
-        let failed_up = m.upstream[i]
-            .iter()
-            .find(|&&u| matches!(outcome[u], Some(Outcome::Failed(_) | Outcome::Skipped(_))));
+        let failed_up =
+            m.upstream[i].iter().find(|&&u| matches!(outcome[u], Some(Outcome::Failed(_) | Outcome::Skipped(_))));
         outcome[i] = Some(match failed_up {
             Some(&u) => {
                 let why = format!("upstream {} did not complete", m.stages[u].name);
@@ -403,7 +412,16 @@ pub fn step(dir: &Path, kind: StepKind, task: Option<usize>, rc: Option<i32>) ->
             let mut cache = HashCache::open(&paths.hash_cache());
             let _guard = lock_the_lock(&paths)?;
             let mut lock = Lock::load(&paths.lock)?;
-            let committed = runner::commit_outs(m, &paths, stage, &pending.staged, &staging, pending.current, &mut lock, &mut cache);
+            let committed = runner::commit_outs(
+                m,
+                &paths,
+                stage,
+                &pending.staged,
+                &staging,
+                pending.current,
+                &mut lock,
+                &mut cache,
+            );
             if let Err(e) = committed {
                 runner::restore_backups(&pending.staged);
                 return Err(e);

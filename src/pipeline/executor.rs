@@ -279,7 +279,8 @@ pub mod slurm {
         // One squeue per job: squeue fails on a list that holds a job it has already purged.
         let mut states: Vec<String> = Vec::new();
         for one in id.split(',') {
-            let out = Command::new("squeue").args(["-h", "-r", "-j", one, "-O", "JobArrayID:|,State:|"]).output().ok()?;
+            let out =
+                Command::new("squeue").args(["-h", "-r", "-j", one, "-O", "JobArrayID:|,State:|"]).output().ok()?;
             if !out.status.success() {
                 continue;
             }
@@ -487,7 +488,8 @@ pub mod slurm {
             .iter()
             .filter(|(_, (state, _, _))| state != "COMPLETED")
             .map(|(&t, (state, reason, code))| {
-                let what = if sharded { format!("shard {t}/{} (task {id}_{t})", f.shards) } else { format!("job {id}") };
+                let what =
+                    if sharded { format!("shard {t}/{} (task {id}_{t})", f.shards) } else { format!("job {id}") };
                 format!("{what}: {} (log: {})", describe(state, reason, *code, f.opts), log_of(t).display())
             })
             .collect();

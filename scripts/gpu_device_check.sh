@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check to run on a lent GPU machine (no network, a few tens of MB carried): gpu-check on
-# tiny, base and large-v2 (fp32) against the CPU backend of that machine, with the GPU's memory
+# tiny, base and large-v2, in fp32 and bf16, against the CPU backend of that machine (fp32), with the GPU's memory
 # polled from nvidia-smi every half second for the peak. Prepare here, run there:
 #
 #   scripts/cuda.sh build && strip -o gpu-check target-cuda/release/gpu-check && xz -6 -f gpu-check
@@ -8,7 +8,7 @@
 #   # (the device tool's `carry`), then on the GPU machine:
 #   xz -dkf gpu-check.xz && scripts/gpu_device_check.sh ./gpu-check "$OUT"
 #
-# Writes OUT/CONFIG.{txt,json,peak_mib} and OUT/nvidia-smi.txt. large-v2 runs one clip per
+# Writes OUT/CONFIG-PRECISION.{txt,json,peak_mib} and OUT/nvidia-smi.txt. large-v2 runs one clip per
 # batch through two experts (its activations are about 16 GiB per row in fp32; gpu-check --memory).
 set -uo pipefail
 bin="${1:?usage: $0 GPU_CHECK_BINARY OUT_DIR}"
@@ -31,7 +31,9 @@ run() {
   echo "$name: rc=$rc, $((SECONDS - t0)) s, peak GPU memory $(cat "$out/$name.peak_mib") MiB"
   [ "$rc" -eq 0 ] || status=1
 }
-run tiny --config tiny --repeat 5 --batch 4
-run base --config base --repeat 5 --batch 4
-run large-v2 --config large-v2 --repeat 2 --batch 1 --experts 2
+for p in fp32 bf16; do
+  run "tiny-$p" --config tiny --repeat 5 --batch 4 --precision "$p"
+  run "base-$p" --config base --repeat 5 --batch 4 --precision "$p"
+  run "large-v2-$p" --config large-v2 --repeat 2 --batch 1 --experts 2 --precision "$p"
+done
 exit $status

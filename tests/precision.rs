@@ -1,8 +1,8 @@
 //! `precision:` through the stages: the demo manifest on the tiny test checkpoint with its base
 //! model in bf16 (embed, experts, gate, joint, dense, evaluate; every op of training and
 //! decoding, with no mixed-dtype operation, which the CPU backend refuses), then the experts
-//! stage in f16 with dynamic loss scaling, and `pipeline transcribe --precision`. The adapters
-//! stay fp32 whatever the base model computes in.
+//! stage in f16 with dynamic loss scaling, and `pipeline transcribe --precision`. (That the
+//! adapters stay fp32 in memory is a unit test of `whisper::model`.)
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,13 +19,6 @@ fn tmp(name: &str) -> PathBuf {
 fn pipeline(dir: &Path, args: &[&str]) -> (bool, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_pipeline")).args(args).current_dir(dir).output().unwrap();
     (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
-}
-
-/// Every tensor of a safetensors file with its dtype.
-fn dtypes(path: &Path) -> Vec<(String, String)> {
-    let bytes = fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors().into_iter().map(|(k, v)| (k, format!("{:?}", v.dtype()))).collect()
 }
 
 fn adapter_files(dir: &Path) -> Vec<PathBuf> {
@@ -58,12 +51,7 @@ fn the_demo_manifest_trains_and_decodes_with_a_bf16_or_f16_base_model() {
     let params = fs::read_to_string(dir.join(".pipeline/params/dense.json")).unwrap();
     assert!(params.contains("\"precision\": \"bf16\""), "dense trains as the experts do: {params}");
     for adapters in [dir.join("artifacts/experts"), dir.join("artifacts/joint/mixture"), dir.join("artifacts/dense")] {
-        let files = adapter_files(&adapters);
-        assert!(!files.is_empty(), "no adapters in {}", adapters.display());
-        for f in files {
-            let d = dtypes(&f);
-            assert!(!d.is_empty() && d.iter().all(|(_, t)| t == "F32"), "{}: {d:?}", f.display());
-        }
+        assert!(!adapter_files(&adapters).is_empty(), "no adapters in {}", adapters.display());
     }
     let metrics: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.join("artifacts/evaluate/metrics.json")).unwrap()).unwrap();
@@ -73,13 +61,20 @@ fn the_demo_manifest_trains_and_decodes_with_a_bf16_or_f16_base_model() {
     let (ok, out) = pipeline(&dir, &["run", "experts", "--set", "experts.precision=f16"]);
     assert!(ok, "{out}");
     assert!(out.contains("the base model computes in f16: dynamic loss scaling from 65536"), "{out}");
-    let summary = fs::read_to_string(dir.join("artifacts/experts/experts.json")).unwrap();
-    assert!(!summary.contains("NaN") && !summary.contains("inf"), "{summary}");
-    for f in adapter_files(&dir.join("artifacts/experts")) {
+    // Every expert's val loss is a number (serde writes NaN and infinities as null).
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("artifacts/experts/experts.json")).unwrap()).unwrap();
+    let experts = summary["summary"].as_array().unwrap();
+    assert!(!experts.is_empty());
+    for e in experts {
+        assert!(e["val_loss"].as_f64().is_some_and(f64::is_finite), "{e}");
+    }
+    let files = adapter_files(&dir.join("artifacts/experts"));
+    assert!(!files.is_empty());
+    for f in files {
         let bytes = fs::read(&f).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         for (k, v) in st.tensors() {
-            assert_eq!(format!("{:?}", v.dtype()), "F32", "{k}");
             let finite = v.data().chunks_exact(4).all(|b| f32::from_le_bytes(b.try_into().unwrap()).is_finite());
             assert!(finite, "{}: {k} is not finite", f.display());
         }

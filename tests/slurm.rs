@@ -228,3 +228,31 @@ fn demo_manifest_runs_detached_on_slurm_as_one_chain() {
     let _ = fs::remove_dir_all(&local);
     let _ = fs::remove_dir_all(&remote);
 }
+
+/// A stage whose out is written in place (not named in its command) fails on Slurm: its
+/// previous out is put back (once: the job's end step and the runner must not undo each
+/// other), the lock still describes it, and the stage after it is cancelled and reported as
+/// skipped.
+#[test]
+fn a_failed_stage_on_slurm_keeps_its_previous_in_place_out_and_skips_its_dependant() {
+    if !slurm("a_failed_stage_on_slurm_keeps_its_previous_in_place_out_and_skips_its_dependant") {
+        return;
+    }
+    let dir = tmp("inplace");
+    let manifest = "stages:\n  inplace:\n    cmd: sh step.sh\n    deps: [step.sh]\n    outs: [state.txt]\n  after:\n    cmd: cp state.txt after.txt\n    deps: [state.txt]\n    outs: [after.txt]\n";
+    fs::write(dir.join("pipeline.yaml"), manifest).unwrap();
+    fs::write(dir.join("step.sh"), "echo v1 > state.txt\n").unwrap();
+    let out = pipeline(&dir, &["run", "all", "--executor", "slurm"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(fs::read_to_string(dir.join("after.txt")).unwrap(), "v1\n");
+    let lock = fs::read_to_string(dir.join("pipeline.lock")).unwrap();
+    fs::write(dir.join("step.sh"), "echo partial > state.txt\nexit 4\n").unwrap();
+    let out = pipeline(&dir, &["run", "all", "--executor", "slurm"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("✗ inplace failed") && out.stderr.contains("exit 4"), "{}", out.stderr);
+    assert!(out.stderr.contains("after not run: upstream inplace did not complete"), "{}", out.stderr);
+    assert!(out.stderr.contains("skipped (upstream inplace did not complete)"), "{}", out.stderr);
+    assert_eq!(fs::read_to_string(dir.join("state.txt")).unwrap(), "v1\n", "the previous out is back");
+    assert_eq!(fs::read_to_string(dir.join("pipeline.lock")).unwrap(), lock, "the lock is untouched");
+    let _ = fs::remove_dir_all(&dir);
+}

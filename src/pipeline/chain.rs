@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::executor::slurm::{self, Followed, JobFailure, Submission};
-use super::executor::{pending_shards, shard_done, sq};
+use super::executor::{pending_shards, shard_done, shards_complete, sq};
 use super::hash::HashCache;
 use super::lock::{Lock, StageLock};
 use super::manifest::{Manifest, SlurmOptions};
@@ -48,6 +48,8 @@ struct Step {
     forced: bool,
     use_run_cache: bool,
     shards: usize,
+    /// The shards submitted in the array (those `begin` may ask to run).
+    submitted: Vec<usize>,
     /// The command as the job scripts run it (outs in the staging directory).
     cmd: String,
 }
@@ -84,16 +86,6 @@ pub fn run(
     m.file = fs::canonicalize(&m.file).with_context(|| format!("{}", m.file.display()))?;
     let m = &m;
     let paths = &Paths::of(m);
-    for i in (0..n).filter(|&i| plan.selected[i]) {
-        if let Some((ids, what)) = slurm::in_flight(&paths.state, &m.stages[i].name) {
-            bail!(
-                "stage `{}` still has Slurm jobs of an earlier run in flight (jobs {ids}: {what}); wait for them \
-                 (`pipeline status`) or cancel them (`scancel {}`)",
-                m.stages[i].name,
-                ids.replace(',', " ")
-            );
-        }
-    }
     let exe = std::env::current_exe().context("the path of this `pipeline` binary")?;
     let started = Instant::now();
     let mut parts: Vec<Vec<Part>> = (0..n).map(|_| Vec::new()).collect();
@@ -181,6 +173,7 @@ fn submit_stage(
         forced: plan.forced[i],
         use_run_cache: !plan.forced[i] && !opts.no_run_cache,
         shards,
+        submitted: todo.clone(),
         cmd: cmd.clone(),
     };
     fs::write(dir.join("step.json"), serde_json::to_string(&step)?)?;
@@ -191,7 +184,8 @@ fn submit_stage(
         header += &format!("export {k}={}\n", sq(v));
     }
     header += &format!("P={}\nD={}\nCMD={}\n", sq(&exe.to_string_lossy()), sq(&dir.to_string_lossy()), sq(&cmd));
-    // Light jobs (judging, committing) ask for no GPU, memory or CPUs of the stage's own.
+    // Light jobs (judging, committing) drop the stage's gpus, gres, mem and cpus_per_task (its
+    // partition, time and extra_args stay: a GPU asked for in extra_args is asked for here too).
     let light = SlurmOptions {
         gpus: None,
         gres: None,
@@ -200,6 +194,8 @@ fn submit_stage(
         cpus_per_task: None,
         ..stage.slurm.clone()
     };
+    // The jobs of this stage submitted so far: cancelled if a later sbatch fails.
+    let mine: std::cell::RefCell<Vec<String>> = Default::default();
     let submit =
         |name: &str, body: String, array: Option<&[usize]>, after: &[String], o: &SlurmOptions| -> Result<Part> {
             let script = dir.join(format!("{name}.sh"));
@@ -212,12 +208,22 @@ fn submit_stage(
             .with_context(|| format!("cannot write {}", script.display()))?;
             let sub =
                 Submission { stage: &stage.name, script: &script, root: &m.root, logs: &logs, array, after, opts: o };
-            let id = slurm::submit(&sub).map_err(anyhow::Error::msg)?;
+            let id = slurm::submit(&sub).map_err(|e| {
+                let ids = mine.borrow();
+                if !ids.is_empty() {
+                    let _ = std::process::Command::new("scancel").args(ids.iter()).status();
+                }
+                anyhow::Error::msg(e)
+            })?;
+            mine.borrow_mut().push(id.clone());
             Ok(Part { id, array: array.map(<[usize]>::to_vec), rc_dir, shards })
         };
     let after: Vec<String> = ups.iter().filter_map(|&u| parts[u].last()).map(|p| p.id.clone()).collect();
-    let begin = "\"$P\" slurm-step begin \"$D\"; rc=$?\n";
-    let end = "  \"$P\" slurm-step end \"$D\" --rc \"$rc\"; e=$?\n  [ \"$rc\" = 0 ] && rc=$e\n";
+    // The steps that commit (begin may restore from the run cache) ignore SIGTERM and SIGINT
+    // (scancel, the runner's Ctrl-C): stopped halfway, a commit would lose outs. Slurm's SIGKILL
+    // after KillWait still ends them.
+    let begin = "trap '' TERM INT\n\"$P\" slurm-step begin \"$D\"; rc=$?\ntrap - TERM INT\n";
+    let end = "  trap '' TERM INT\n  \"$P\" slurm-step end \"$D\" --rc \"$rc\"; e=$?\n  [ \"$rc\" = 0 ] && rc=$e\n";
     let mut described = Vec::new();
     let out = if shards == 1 {
         let body =
@@ -311,7 +317,8 @@ fn follow_all(m: &Manifest, paths: &Paths, parts: &[Vec<Part>], outcome: &mut [O
                 Ok(()) => {
                     let text = fs::read_to_string(dir.join("outcome")).unwrap_or_default();
                     let o = match text.split_whitespace().next().unwrap_or("") {
-                        // The command's own time (from `begin` to `end`, queueing not counted).
+                        // From `begin` to `end`: the command's time (a sharded stage's array
+                        // may also have waited in the queue).
                         "ran" => Outcome::Ran(
                             text.split_whitespace()
                                 .nth(1)
@@ -404,10 +411,20 @@ pub fn step(dir: &Path, kind: StepKind, task: Option<usize>, rc: Option<i32>) ->
                 .with_context(|| format!("cannot record shard {task} of {} as done", stage.name))
         }
         StepKind::End => {
-            let pending: Pending = read_json(&dir.join("pending.json"))?;
+            let pending_file = dir.join("pending.json");
+            let pending: Pending = read_json(&pending_file)?;
             if rc.unwrap_or(1) != 0 {
                 runner::restore_backups(&pending.staged);
+                let _ = fs::remove_file(&pending_file);
                 return Ok(());
+            }
+            // Every shard must be done for the inputs `begin` judged (not a subset left from
+            // another submission).
+            let key = shard_key(&pending.current, step.shards)?;
+            if step.shards > 1 && !shards_complete(&staging, &key, step.shards) {
+                runner::restore_backups(&pending.staged);
+                let _ = fs::remove_file(&pending_file);
+                bail!("{}: not every shard finished for its current inputs; run again", stage.name);
             }
             let mut cache = HashCache::open(&paths.hash_cache());
             let _guard = lock_the_lock(&paths)?;
@@ -422,6 +439,7 @@ pub fn step(dir: &Path, kind: StepKind, task: Option<usize>, rc: Option<i32>) ->
                 &mut lock,
                 &mut cache,
             );
+            let _ = fs::remove_file(&pending_file);
             if let Err(e) = committed {
                 runner::restore_backups(&pending.staged);
                 return Err(e);
@@ -476,6 +494,13 @@ fn begin(dir: &Path, step: &Step, paths: &Paths) -> Result<()> {
         }
     }
     let todo = pending_shards(&paths.staging(&stage.name), &shard_key(&current, step.shards)?, step.shards)?;
+    if let Some(t) = todo.iter().find(|t| !step.submitted.contains(t)) {
+        bail!(
+            "{}: its inputs changed since the jobs were submitted (shard {t} must run again but is not in \
+             the array); run `pipeline run` again",
+            stage.name
+        );
+    }
     fs::write(dir.join("began"), format!("{}", unix_now()))?;
     let lines: String = todo.iter().map(|t| format!("{t}\n")).collect();
     fs::write(dir.join("todo"), lines)?;

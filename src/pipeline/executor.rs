@@ -205,6 +205,14 @@ fn write_state(staging: &Path, s: &ShardState, shards: usize) -> std::io::Result
     fs::rename(&tmp, shard_file(staging))
 }
 
+/// Are all `shards` recorded as finished for the inputs `key`?
+pub(crate) fn shards_complete(staging: &Path, key: &str, shards: usize) -> bool {
+    let Ok(_guard) = lock_shard_file(staging) else { return false };
+    let state: Option<ShardState> =
+        fs::read_to_string(shard_file(staging)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    state.is_some_and(|s| s.key == key && (0..shards).all(|i| s.done.contains(&i)))
+}
+
 /// Record shard `i` as finished.
 pub(crate) fn shard_done(staging: &Path, i: usize, shards: usize) -> std::io::Result<()> {
     let _guard = lock_shard_file(staging)?;
@@ -282,6 +290,11 @@ pub mod slurm {
             let out =
                 Command::new("squeue").args(["-h", "-r", "-j", one, "-O", "JobArrayID:|,State:|"]).output().ok()?;
             if !out.status.success() {
+                // A job Slurm has purged is gone; any other failure (the controller busy or
+                // unreachable) says nothing, so the job counts as unfinished.
+                if !String::from_utf8_lossy(&out.stderr).contains("Invalid job id") {
+                    states.push("UNKNOWN (squeue failed)".into());
+                }
                 continue;
             }
             states.extend(

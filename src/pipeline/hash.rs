@@ -66,8 +66,11 @@ impl HashCache {
         if let Some(dir) = file.parent() {
             fs::create_dir_all(dir)?;
         }
-        // Several processes may save the cache at once (Slurm jobs): each through a file of its own.
-        let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
+        // Several processes, on several nodes, may save the cache at once (Slurm jobs): each
+        // through a file of its own.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let tmp = file.with_extension(format!("tmp.{}.{}.{nanos}", host.trim(), std::process::id()));
         {
             let mut w = BufWriter::new(fs::File::create(&tmp)?);
             for (path, (st, hash)) in &self.entries {

@@ -118,6 +118,20 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
     if executor == Executor::Slurm && !executor::slurm::squeue_available() {
         bail!("--executor slurm: `squeue` does not run here (install Slurm's client and set SLURM_CONF)");
     }
+    // Jobs of an earlier `--executor slurm` run (detached, or whose runner was killed) commit
+    // their stages themselves: nothing may run those stages beside them.
+    if executor::slurm::squeue_available() {
+        for i in (0..n).filter(|&i| selected[i]) {
+            if let Some((ids, what)) = executor::slurm::in_flight(&paths.state, &m.stages[i].name) {
+                bail!(
+                    "stage `{}` still has Slurm jobs of an earlier run in flight (jobs {ids}: {what}); wait for \
+                     them (`pipeline status`) or cancel them (`scancel {}`)",
+                    m.stages[i].name,
+                    ids.replace(',', " ")
+                );
+            }
+        }
+    }
     fs::create_dir_all(paths.state.join("logs"))?;
     fs::create_dir_all(paths.state.join("params"))?;
     if executor == Executor::Slurm {
@@ -554,9 +568,11 @@ pub(super) fn commit_outs(
     lock.save(&paths.lock)
 }
 
+/// Put back the previous version of outs written in place (those whose backup is still there:
+/// a second call, or one after a commit that removed the backups, leaves the outs alone).
 pub(super) fn restore_backups(staged: &[StagedOut]) {
     for s in staged {
-        if let Some(b) = &s.backup {
+        if let Some(b) = s.backup.as_ref().filter(|b| b.exists()) {
             let _ = remove_any(&s.out);
             let _ = fs::rename(b, &s.out);
         }

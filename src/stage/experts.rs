@@ -319,7 +319,8 @@ fn train_shared(ck: &Checkpoint, data: &ExpertData, p: &ExpertsParams, ckpt: &Pa
     // What the shared adapter depends on (not the experts' own epochs), so that a finished
     // one is resumed, not retrained, after those change.
     let fingerprint = crate::util::hash_str(&format!(
-        "shared|{}|{}|{}|{}|{rows:?}|{val:?}",
+        "shared|{}|{}|{}|{}|{}|{rows:?}|{val:?}",
+        p.precision.name(),
         serde_json::to_string(&p.lora)?,
         serde_json::to_string(&cfg)?,
         serde_json::to_string(&p.eval)?,

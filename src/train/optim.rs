@@ -325,5 +325,31 @@ mod tests {
         assert_eq!(v, vec![2.5, 3.5]);
         assert_eq!(warmup_lr(1.0, 4, 0), 0.25);
         assert_eq!(warmup_lr(1.0, 4, 9), 1.0);
+        assert_eq!(back.loss_scale, None);
+        // The loss scaler's state travels with the moments.
+        opt.loss_scale = Some(LossScaler { scale: 512.0, good_steps: 3, growth_interval: 2000 });
+        opt.save(&p).unwrap();
+        assert_eq!(AdamW::load(&p, &dev).unwrap().loss_scale, opt.loss_scale);
+    }
+
+    #[test]
+    fn loss_scaler_halves_and_skips_on_overflow_and_grows_after_good_steps() {
+        let mut s = LossScaler { scale: 8.0, good_steps: 0, growth_interval: 3 };
+        assert!(!s.update(false), "an overflow skips the step");
+        assert_eq!((s.scale, s.good_steps), (4.0, 0));
+        assert!(s.update(true) && s.update(true));
+        assert_eq!((s.scale, s.good_steps), (4.0, 2));
+        assert!(s.update(true), "the third good step is taken and doubles the scale");
+        assert_eq!((s.scale, s.good_steps), (8.0, 0));
+        assert!(s.update(true));
+        assert!(!s.update(false), "an overflow resets the run of good steps");
+        assert_eq!((s.scale, s.good_steps), (4.0, 0));
+        let mut floor = LossScaler { scale: 1.0, good_steps: 0, growth_interval: 1 };
+        assert!(!floor.update(false));
+        assert_eq!(floor.scale, 1.0, "never below 1");
+        let mut cap = LossScaler { scale: 2f32.powi(24), good_steps: 0, growth_interval: 1 };
+        assert!(cap.update(true));
+        assert_eq!(cap.scale, 2f32.powi(24), "never above 2^24");
+        assert_eq!(LossScaler::default(), LossScaler { scale: 65536.0, good_steps: 0, growth_interval: 2000 });
     }
 }

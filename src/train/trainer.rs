@@ -180,8 +180,9 @@ where
     let device = first_device(&model);
     let mut model = model;
     let mut best = task.keeps_best().then(|| model.clone());
+    let f16 = computes_in_f16(&model);
     let mut opt = AdamW::new(cfg.optimizer.clone());
-    opt.loss_scale = computes_in_f16(&model).then(LossScaler::default);
+    opt.loss_scale = f16.then(LossScaler::default);
     if let Some(s) = &opt.loss_scale {
         eprintln!("the base model computes in f16: dynamic loss scaling from {}", s.scale);
     }
@@ -193,6 +194,8 @@ where
             best = Some(load_trainables(b, &dir.best())?);
         }
         opt = AdamW::load(&dir.optimizer(), &device.clone().inner())?;
+        // Scaling follows the model as it is now (a checkpoint may come from another precision).
+        opt.loss_scale = if f16 { opt.loss_scale.or(Some(LossScaler::default())) } else { None };
         task.restore(exact_floats::decode(s.task))
             .with_context(|| format!("restoring the training state in {}", dir.0.display()))?;
         start = s.epoch;

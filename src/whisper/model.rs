@@ -531,3 +531,44 @@ impl Whisper {
         self.decoder.forward(tokens, enc, route)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lora::{LoraConfig, Targets};
+
+    /// A bf16 base model keeps its adapters in fp32, and what leaves it is fp32.
+    #[test]
+    fn a_bf16_base_model_keeps_fp32_adapters_and_outputs() {
+        let dev = Device::flex();
+        let mut cfg = WhisperConfig::named("tiny").unwrap();
+        (cfg.encoder_layers, cfg.decoder_layers) = (1, 1);
+        let mut l = Loader::random(3, &dev);
+        let mut m = Whisper::load(&cfg, &mut l).with_precision(Precision::Bf16);
+        assert_eq!(m.precision(), Precision::Bf16);
+        let lora = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+            use_rslora: false,
+        };
+        m.attach_lora(&lora, 2, &dev).unwrap();
+        let mut adapters = 0;
+        for (name, p) in m.projs_mut() {
+            assert_eq!(p.weight.val().dtype(), DType::BF16, "{name}");
+            if let Some(l) = &p.lora {
+                assert_eq!((l.a.val().dtype(), l.b.val().dtype()), (DType::F32, DType::F32), "{name}");
+                adapters += 1;
+            }
+        }
+        assert_eq!(adapters, 6, "q and v of the encoder's self-attention and the decoder's two attentions");
+        let mel = Tensor::<3>::zeros([1, cfg.num_mel_bins, crate::audio::mel::N_FRAMES], &dev);
+        let enc = m.encoder.forward(mel, None);
+        assert_eq!(enc.dtype(), DType::F32);
+        let tokens =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![cfg.decoder_start_token_id as i64], [1, 1]), &dev);
+        let route = Route::all(1, 1, &dev);
+        assert_eq!(m.decoder.forward(tokens, enc, Some(&route)).dtype(), DType::F32);
+    }
+}

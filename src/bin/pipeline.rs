@@ -207,6 +207,11 @@ struct TranscribeArgs {
     /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// With --mixture: clips whose top routing probability is below this decode through the
+    /// average of the experts (default: as the mixture's routing.json says; evaluate's
+    /// `fallback_below`).
+    #[arg(long, value_name = "P")]
+    fallback_below: Option<f32>,
     /// The base model's weights and activations: fp32, or bf16/f16 (for GPUs; adapters stay fp32).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: whisper_moe::whisper::Precision,
@@ -525,7 +530,13 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         Mixture(Box<Mixture>),
     }
     let runner = match &args.mixture {
-        Some(dir) => Runner::Mixture(Box::new(Mixture::load(dir, args.model.as_deref(), &dev, args.precision)?)),
+        Some(dir) => {
+            let mut m = Mixture::load(dir, args.model.as_deref(), &dev, args.precision)?;
+            if args.fallback_below.is_some() {
+                m.set_fallback(args.fallback_below);
+            }
+            Runner::Mixture(Box::new(m))
+        }
         None => {
             let mut ck = Checkpoint::load(args.model.as_deref().unwrap_or("openai/whisper-tiny.en"), &dev)?
                 .with_precision(args.precision);
@@ -580,14 +591,16 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
                 for (clip, r) in clips.iter().zip(m.transcribe_examples(&refs, &opts, None)?) {
                     let t = &r.transcript;
                     if args.json {
-                        let mut j =
-                            serde_json::json!({"file": clip.id, "text": t.text, "expert": r.expert, "probs": r.probs});
+                        let mut j = serde_json::json!({
+                            "file": clip.id, "text": t.text, "expert": r.expert, "averaged": r.averaged, "probs": r.probs
+                        });
                         add_language(&mut j, t);
                         println!("{j}");
                     } else {
                         let p: Vec<String> = r.probs.iter().map(|p| format!("{p:.3}")).collect();
                         let lang = language_note(t);
-                        println!("{}\t{lang}{}\texpert {} (p = {})", clip.id, t.text, r.expert, p.join(" "));
+                        let how = if r.averaged { "the average of the experts; top" } else { "expert" };
+                        println!("{}\t{lang}{}\t{how} {} (p = {})", clip.id, t.text, r.expert, p.join(" "));
                     }
                 }
             }

@@ -40,6 +40,11 @@ pub struct MixtureConfig {
     /// The gate, or the cluster centres saved beside it (`centroids.json`).
     #[serde(default)]
     pub router: RouterKind,
+    /// Clips whose top routing probability is below this decode through the average of every
+    /// expert instead of their top expert (None: always the top expert). Callers may override
+    /// it ([`Mixture::set_fallback`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_below: Option<f32>,
 }
 
 impl MixtureConfig {
@@ -62,11 +67,16 @@ pub struct Mixture {
     pub config: MixtureConfig,
     pooling: Pooling,
     layer: usize,
+    /// The base model with one adapter, the average of the experts' (when a fallback is set).
+    averaged: Option<Whisper>,
 }
 
 /// One routed transcription.
 #[derive(Debug, Clone, Serialize)]
 pub struct Routed {
+    /// Decoded through the average of the experts (its top probability was below the
+    /// fallback threshold) rather than through `expert`.
+    pub averaged: bool,
     /// The text and the prompt's language.
     pub transcript: transcribe::Transcript,
     pub expert: usize,
@@ -107,7 +117,19 @@ impl Mixture {
         };
         let pooling = Pooling::from_name(&config.pooling).with_context(|| format!("{}/routing.json", dir.display()))?;
         let layer = resolve_layer(config.layer, ck.config.encoder_layers)?;
-        Ok(Mixture { ck, model, gate, centroids, config, pooling, layer })
+        let fallback = config.fallback_below;
+        let mut m = Mixture { ck, model, gate, centroids, config, pooling, layer, averaged: None };
+        m.set_fallback(fallback);
+        Ok(m)
+    }
+
+    /// Decode clips whose top routing probability is below `below` through the average of the
+    /// experts ([`Whisper::averaged_experts`]). Gate routing is sharp on the voices
+    /// it was trained on and flat on new ones, where a single expert does worse than all of
+    /// them together (README, "Demo results").
+    pub fn set_fallback(&mut self, below: Option<f32>) {
+        self.config.fallback_below = below;
+        self.averaged = below.map(|_| self.model.averaged_experts());
     }
 
     pub fn router(&self) -> Router<'_> {
@@ -154,10 +176,33 @@ impl Mixture {
                 None => &mut local,
             };
             let routes = self.route(chunk, Some(&mut *c))?;
-            let experts: Vec<Option<usize>> = routes.top1().into_iter().map(Some).collect();
-            let texts = transcribe::transcribe_detailed(&self.ck, &self.model, chunk, &experts, opts, Some(c))?;
+            let top = routes.top1();
+            let below = |i: usize| match (self.config.fallback_below, &self.averaged) {
+                (Some(t), Some(_)) => routes.row(i)[top[i]] < t,
+                _ => false,
+            };
+            // Two groups: clips through their top expert, clips through the average.
+            let (avg, own): (Vec<usize>, Vec<usize>) = (0..chunk.len()).partition(|&i| below(i));
+            let mut texts: Vec<Option<transcribe::Transcript>> = vec![None; chunk.len()];
+            for (rows, averaged) in [(&own, false), (&avg, true)] {
+                if rows.is_empty() {
+                    continue;
+                }
+                let model = match &self.averaged {
+                    Some(m) if averaged => m,
+                    _ => &self.model,
+                };
+                let exs: Vec<&Example> = rows.iter().map(|&i| chunk[i]).collect();
+                let experts: Vec<Option<usize>> =
+                    rows.iter().map(|&i| Some(if averaged { 0 } else { top[i] })).collect();
+                let t = transcribe::transcribe_detailed(&self.ck, model, &exs, &experts, opts, Some(&mut *c))?;
+                for (&i, t) in rows.iter().zip(t) {
+                    texts[i] = Some(t);
+                }
+            }
             for (i, t) in texts.into_iter().enumerate() {
-                out.push(Routed { transcript: t, expert: experts[i].unwrap(), probs: routes.row(i).to_vec() });
+                let transcript = t.expect("every row decoded");
+                out.push(Routed { transcript, expert: top[i], averaged: below(i), probs: routes.row(i).to_vec() });
             }
         }
         Ok(out)

@@ -406,6 +406,7 @@ fn write_outputs(
         layer: emb_meta.get("layer").and_then(|l| l.parse().ok()),
         lora: experts.lora.clone(),
         router: p.router,
+        fallback_below: None,
     };
     crate::util::write_json(&mix.join("routing.json"), &cfg)?;
 

@@ -90,6 +90,23 @@ impl Whisper {
 }
 
 impl Whisper {
+    /// The model with one adapter per projection whose update is the mean of its experts':
+    /// every expert's A and B side by side (rank E r), B scaled by 1/E, the same scale (an
+    /// inference copy: the adapters are not trainable).
+    pub fn averaged_experts(&self) -> Whisper {
+        let mut avg = self.clone();
+        for (_, proj) in avg.projs_mut() {
+            let Some(l) = proj.lora.as_mut() else { continue };
+            let [e, d_in, r] = l.a.dims();
+            let d_out = l.b.dims()[2];
+            let a = l.a.val().swap_dims(0, 1).reshape([1, d_in, e * r]);
+            let b = l.b.val().reshape([1, e * r, d_out]) / e as f64;
+            l.a = burn::module::Param::from_tensor(a);
+            l.b = burn::module::Param::from_tensor(b);
+        }
+        avg
+    }
+
     /// Expert `e`'s adapters set to those of `from` (a model with the same adapters): how a
     /// training run keeps each expert's best epoch.
     pub fn copy_expert(&mut self, from: &Whisper, e: usize) {
@@ -116,5 +133,52 @@ impl Whisper {
             l.a = put(&l.a, &s.a);
             l.b = put(&l.b, &s.b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::prelude::*;
+
+    use crate::lora::{LoraConfig, Route, Targets};
+    use crate::whisper::WhisperConfig;
+    use crate::whisper::model::Whisper;
+    use crate::whisper::weights::Loader;
+
+    /// The averaged model's update is the mean of the experts' updates, projection by
+    /// projection (the base output subtracted).
+    #[test]
+    fn averaged_experts_update_by_the_mean_of_the_experts() {
+        let dev = Device::flex();
+        let mut cfg = WhisperConfig::named("tiny").unwrap();
+        (cfg.encoder_layers, cfg.decoder_layers) = (1, 1);
+        let mut m = Whisper::load(&cfg, &mut Loader::random(5, &dev));
+        let lora = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: Targets::Names(vec!["q_proj".into()]),
+            use_rslora: false,
+        };
+        m.attach_lora(&lora, 3, &dev).unwrap();
+        dev.seed(9);
+        for (_, p) in m.projs_mut() {
+            if let Some(l) = p.lora.as_mut() {
+                let dims = l.b.dims();
+                let b = Tensor::<3>::random(dims, burn::tensor::Distribution::Uniform(-0.5, 0.5), &dev);
+                l.b = burn::module::Param::from_tensor(b);
+            }
+        }
+        let avg = m.averaged_experts();
+        let x = Tensor::<3>::random([2, 5, cfg.d_model], burn::tensor::Distribution::Uniform(-1.0, 1.0), &dev);
+        let q = |w: &Whisper, e: usize| {
+            w.decoder.layers[0].self_attn.q_proj.forward(x.clone(), Some(&Route::all(e, 2, &dev)))
+        };
+        let base = m.decoder.layers[0].self_attn.q_proj.forward(x.clone(), None);
+        let mean = (q(&m, 0) + q(&m, 1) + q(&m, 2)) / 3.0 - base.clone();
+        let got = q(&avg, 0) - base;
+        let diff: f32 = (got - mean.clone()).abs().max().into_scalar();
+        let size: f32 = mean.abs().max().into_scalar();
+        assert!(size > 0.1 && diff < 1e-5 * size, "diff {diff} of {size}");
     }
 }

@@ -36,6 +36,10 @@ crate::params! {
         /// set's voice_group: seen / new voices).
         pub group_columns: Vec<String> = vec!["voice_group".into()],
         pub device: String = "cpu".into(),
+        /// The mixture decodes clips whose top routing probability is below this through the
+        /// average of its experts instead of their top expert (None: as its routing.json says,
+        /// by default always the top expert).
+        pub fallback_below: Option<f32> = None,
         /// fp32, bf16 or f16: the base model's weights and activations when decoding (for GPUs).
         pub precision: crate::whisper::Precision = crate::whisper::Precision::Fp32,
         /// Language of every utterance when the dataset has no language column; None: the

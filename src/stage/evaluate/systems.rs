@@ -73,7 +73,11 @@ impl Inputs {
             oracle: Vec::new(),
             labels: Vec::new(),
             sets: Vec::new(),
-            mixture: Mixture::with_checkpoint(&mix_dir, MixtureConfig::read(&mix_dir)?, ck)?,
+            mixture: {
+                let mut config = MixtureConfig::read(&mix_dir)?;
+                config.fallback_below = p.fallback_below.or(config.fallback_below);
+                Mixture::with_checkpoint(&mix_dir, config, ck)?
+            },
         };
         inp.add_splits(&g, &emb, &paths.base.dataset, p)?;
         for spec in &paths.heldout {

@@ -22,13 +22,13 @@ use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::commit::{self, Outcome, Paths, RunOptions, StagedOut, fmt_duration, shard_key};
 use super::executor::slurm::{self, Followed, JobFailure, Submission};
 use super::executor::{pending_shards, shard_done, shards_complete, sq};
 use super::hash::HashCache;
 use super::lock::{Lock, StageLock};
 use super::manifest::{Manifest, SlurmOptions};
 use super::run_cache::{RunCache, remove_any};
-use super::runner::{self, Outcome, Paths, RunOptions, StagedOut, fmt_duration, shard_key};
 use super::status::{fingerprint, own_reasons, status};
 
 /// What the runner decided before submitting: the stages selected, those forced, and those
@@ -153,7 +153,7 @@ fn submit_stage(
     why: &[String],
 ) -> Result<Vec<Part>> {
     let stage = &m.stages[i];
-    let shards = runner::shard_count(m, opts, i);
+    let shards = commit::shard_count(m, opts, i);
     let current = fingerprint(m, stage, cache)?;
     // A stage whose upstream runs first is judged when its `begin` job runs: all its shards are
     // submitted, and those already done for the inputs it then finds exit at once.
@@ -165,8 +165,8 @@ fn submit_stage(
     let dir = paths.state.join("slurm").join(&stage.name);
     remove_any(&dir)?;
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let cmd = runner::staged_command(m, paths, stage);
-    let env = runner::stage_env(m, paths, stage, &current)?;
+    let cmd = commit::staged_command(m, paths, stage);
+    let env = commit::stage_env(m, paths, stage, &current)?;
     let step = Step {
         manifest: m.clone(),
         stage: i,
@@ -376,7 +376,7 @@ fn follow_all(m: &Manifest, paths: &Paths, parts: &[Vec<Part>], outcome: &mut [O
 /// does it when the command fails; this covers a failed array, after which `end` never runs).
 fn restore_backups(dir: &Path) {
     if let Ok(p) = read_json::<Pending>(&dir.join("pending.json")) {
-        runner::restore_backups(&p.staged);
+        commit::restore_backups(&p.staged);
     }
 }
 
@@ -414,7 +414,7 @@ pub fn step(dir: &Path, kind: StepKind, task: Option<usize>, rc: Option<i32>) ->
             let pending_file = dir.join("pending.json");
             let pending: Pending = read_json(&pending_file)?;
             if rc.unwrap_or(1) != 0 {
-                runner::restore_backups(&pending.staged);
+                commit::restore_backups(&pending.staged);
                 let _ = fs::remove_file(&pending_file);
                 return Ok(());
             }
@@ -422,14 +422,14 @@ pub fn step(dir: &Path, kind: StepKind, task: Option<usize>, rc: Option<i32>) ->
             // another submission).
             let key = shard_key(&pending.current, step.shards)?;
             if step.shards > 1 && !shards_complete(&staging, &key, step.shards) {
-                runner::restore_backups(&pending.staged);
+                commit::restore_backups(&pending.staged);
                 let _ = fs::remove_file(&pending_file);
                 bail!("{}: not every shard finished for its current inputs; run again", stage.name);
             }
             let mut cache = HashCache::open(&paths.hash_cache());
             let _guard = lock_the_lock(&paths)?;
             let mut lock = Lock::load(&paths.lock)?;
-            let committed = runner::commit_outs(
+            let committed = commit::commit_outs(
                 m,
                 &paths,
                 stage,
@@ -441,7 +441,7 @@ pub fn step(dir: &Path, kind: StepKind, task: Option<usize>, rc: Option<i32>) ->
             );
             let _ = fs::remove_file(&pending_file);
             if let Err(e) = committed {
-                runner::restore_backups(&pending.staged);
+                commit::restore_backups(&pending.staged);
                 return Err(e);
             }
             let runs = RunCache::new(&paths.state);
@@ -477,13 +477,13 @@ fn begin(dir: &Path, step: &Step, paths: &Paths) -> Result<()> {
         skip("up-to-date")?;
         return cache.save();
     }
-    runner::preserve_previous(m, stage, &lock, &runs, &mut cache);
+    commit::preserve_previous(m, stage, &lock, &runs, &mut cache);
     if step.use_run_cache
-        && let Some(hit) = runner::restorable(&lock, stage, &current, &runs)
+        && let Some(hit) = commit::restorable(&lock, stage, &current, &runs)
     {
         let _guard = lock_the_lock(paths)?;
         let mut lock = Lock::load(&paths.lock)?;
-        match runner::restore(m, paths, stage, &hit, current.clone(), &mut lock, &mut cache, &runs) {
+        match commit::restore(m, paths, stage, &hit, current.clone(), &mut lock, &mut cache, &runs) {
             Ok(Ok(())) => {
                 eprintln!("{}: restored from the run cache ({})", stage.name, reasons.join("; "));
                 skip("restored")?;
@@ -504,7 +504,7 @@ fn begin(dir: &Path, step: &Step, paths: &Paths) -> Result<()> {
     fs::write(dir.join("began"), format!("{}", unix_now()))?;
     let lines: String = todo.iter().map(|t| format!("{t}\n")).collect();
     fs::write(dir.join("todo"), lines)?;
-    let (cmd, staged) = runner::prepare(m, paths, stage, &current)?;
+    let (cmd, staged) = commit::prepare(m, paths, stage, &current)?;
     if cmd != step.cmd {
         bail!("{}: the staged command changed since submission (`{}` vs `{cmd}`)", stage.name, step.cmd);
     }

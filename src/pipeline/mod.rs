@@ -2,6 +2,7 @@
 
 pub mod chain;
 pub mod check;
+pub mod commit;
 pub mod executor;
 pub mod hash;
 pub mod lock;

@@ -679,10 +679,13 @@ pub mod interrupt {
     }
 
     /// SIGTERM to a stage's process and everything below it (its shell runs the stage binary
-    /// as a child or in its place). Stages stay in the runner's process group, so a kill of
-    /// that group (`kill -9 -PGID`) still takes them all.
+    /// as a child or in its place), parents first: a shell whose child died first could run its
+    /// next command (`...; wait; touch done`) before its own signal arrived. The processes below
+    /// are listed before any is signalled. Stages stay in the runner's process group, so a kill
+    /// of that group (`kill -9 -PGID`) still takes them all.
     fn signal_group(pid: u32) {
-        for p in descendants(pid).into_iter().rev().chain([pid]) {
+        let below = descendants(pid);
+        for p in std::iter::once(pid).chain(below) {
             // SAFETY: kill(2) with a pid we started (or a descendant of it) and SIGTERM.
             unsafe {
                 libc::kill(p as libc::pid_t, libc::SIGTERM);

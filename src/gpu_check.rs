@@ -19,7 +19,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use serde::Serialize;
 
-use crate::lora::{LoraConfig, Route, Targets};
+use crate::lora::{LoraConfig, Route};
 use crate::train::LossScaler;
 use crate::train::optim::GradMap;
 use crate::whisper::model::{Precision, Whisper};
@@ -292,13 +292,7 @@ fn count(m: &Whisper) -> usize {
 /// LoRA on q/v of every layer, with B drawn like A (fresh adapters have B = 0, which would
 /// leave A's gradients at zero and prove nothing).
 fn attach(m: &mut Whisper, o: &Options, device: &Device) -> Result<()> {
-    let lora = LoraConfig {
-        r: o.rank,
-        alpha: 2.0 * o.rank as f64,
-        dropout: 0.0,
-        target_modules: Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
-        use_rslora: false,
-    };
+    let lora = LoraConfig::on(&["q_proj", "v_proj"], o.rank, 2.0 * o.rank as f64);
     device.seed(o.seed);
     m.attach_lora(&lora, o.experts, device)?;
     use rand::{Rng, SeedableRng};

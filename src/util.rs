@@ -88,6 +88,17 @@ pub fn write_safetensors(
 }
 
 /// The process's peak resident set size in MB (Linux; 0 elsewhere).
+/// An exclusive lock (flock) on `path`, created if missing, held until the file is dropped:
+/// between threads and between processes, also on other nodes of a filesystem that supports it.
+pub fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    f.lock()?;
+    Ok(f)
+}
+
 pub fn peak_rss_mb() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()

@@ -59,6 +59,17 @@ impl Default for LoraConfig {
 }
 
 impl LoraConfig {
+    /// Rank `r` and `alpha` on the projections named `names` (PEFT's suffix match), no dropout.
+    pub fn on(names: &[&str], r: usize, alpha: f64) -> LoraConfig {
+        LoraConfig {
+            r,
+            alpha,
+            dropout: 0.0,
+            target_modules: Targets::Names(names.iter().map(|n| n.to_string()).collect()),
+            use_rslora: false,
+        }
+    }
+
     pub fn scale(&self) -> f64 {
         if self.use_rslora { self.alpha / (self.r as f64).sqrt() } else { self.alpha / self.r as f64 }
     }

@@ -67,8 +67,8 @@ pub struct Mixture {
     pub config: MixtureConfig,
     pooling: Pooling,
     layer: usize,
-    /// The base model with one adapter, the average of the experts' (when a fallback is set).
-    averaged: Option<Whisper>,
+    /// The fallback threshold and the base model with one adapter, the average of the experts'.
+    fallback: Option<(f32, Whisper)>,
 }
 
 /// One routed transcription.
@@ -118,7 +118,7 @@ impl Mixture {
         let pooling = Pooling::from_name(&config.pooling).with_context(|| format!("{}/routing.json", dir.display()))?;
         let layer = resolve_layer(config.layer, ck.config.encoder_layers)?;
         let fallback = config.fallback_below;
-        let mut m = Mixture { ck, model, gate, centroids, config, pooling, layer, averaged: None };
+        let mut m = Mixture { ck, model, gate, centroids, config, pooling, layer, fallback: None };
         m.set_fallback(fallback);
         Ok(m)
     }
@@ -129,7 +129,7 @@ impl Mixture {
     /// them together (README, "Demo results").
     pub fn set_fallback(&mut self, below: Option<f32>) {
         self.config.fallback_below = below;
-        self.averaged = below.map(|_| self.model.averaged_experts());
+        self.fallback = below.map(|t| (t, self.model.averaged_experts()));
     }
 
     pub fn router(&self) -> Router<'_> {
@@ -177,10 +177,7 @@ impl Mixture {
             };
             let routes = self.route(chunk, Some(&mut *c))?;
             let top = routes.top1();
-            let below = |i: usize| match (self.config.fallback_below, &self.averaged) {
-                (Some(t), Some(_)) => routes.row(i)[top[i]] < t,
-                _ => false,
-            };
+            let below = |i: usize| self.fallback.as_ref().is_some_and(|(t, _)| routes.row(i)[top[i]] < *t);
             // Two groups: clips through their top expert, clips through the average.
             let (avg, own): (Vec<usize>, Vec<usize>) = (0..chunk.len()).partition(|&i| below(i));
             let mut texts: Vec<Option<transcribe::Transcript>> = vec![None; chunk.len()];
@@ -188,8 +185,8 @@ impl Mixture {
                 if rows.is_empty() {
                     continue;
                 }
-                let model = match &self.averaged {
-                    Some(m) if averaged => m,
+                let model = match &self.fallback {
+                    Some((_, m)) if averaged => m,
                     _ => &self.model,
                 };
                 let exs: Vec<&Example> = rows.iter().map(|&i| chunk[i]).collect();

@@ -522,13 +522,5 @@ fn unix_now() -> f64 {
 /// nodes): one at a time, under a file lock beside it.
 fn lock_the_lock(paths: &Paths) -> Result<fs::File> {
     let path = paths.state.join("lock.flock");
-    fs::create_dir_all(&paths.state)?;
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    f.lock().with_context(|| format!("cannot lock {}", path.display()))?;
-    Ok(f)
+    crate::util::lock_file(&path).with_context(|| format!("cannot lock {}", path.display()))
 }

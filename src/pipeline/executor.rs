@@ -149,23 +149,16 @@ struct ShardState {
     done: Vec<usize>,
 }
 
-static SHARD_FILE: Mutex<()> = Mutex::new(());
-
 fn shard_file(staging: &Path) -> PathBuf {
     staging.join(".shards.json")
 }
 
 /// `.shards.json` is read and rewritten by the runner's threads and, under Slurm, by the array
-/// tasks of a stage (processes on several nodes): a thread lock and a file lock beside the
-/// staging directory (which `pending_shards` may empty).
-fn lock_shard_file(staging: &Path) -> std::io::Result<(std::sync::MutexGuard<'static, ()>, fs::File)> {
-    let guard = SHARD_FILE.lock().unwrap_or_else(|p| p.into_inner());
+/// tasks of a stage (processes on several nodes): a file lock beside the staging directory
+/// (which `pending_shards` may empty).
+fn lock_shard_file(staging: &Path) -> std::io::Result<fs::File> {
     let name = format!(".{}.shards.lock", staging.file_name().unwrap_or_default().to_string_lossy());
-    let dir = staging.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(name))?;
-    f.lock()?;
-    Ok((guard, f))
+    crate::util::lock_file(&staging.parent().unwrap_or(Path::new(".")).join(name))
 }
 
 /// The shards of a stage still to run, given the key of its inputs (`key` covers the shard

@@ -140,7 +140,7 @@ impl Whisper {
 mod tests {
     use burn::prelude::*;
 
-    use crate::lora::{LoraConfig, Route, Targets};
+    use crate::lora::{LoraConfig, Route};
     use crate::whisper::WhisperConfig;
     use crate::whisper::model::Whisper;
     use crate::whisper::weights::Loader;
@@ -153,14 +153,7 @@ mod tests {
         let mut cfg = WhisperConfig::named("tiny").unwrap();
         (cfg.encoder_layers, cfg.decoder_layers) = (1, 1);
         let mut m = Whisper::load(&cfg, &mut Loader::random(5, &dev));
-        let lora = LoraConfig {
-            r: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: Targets::Names(vec!["q_proj".into()]),
-            use_rslora: false,
-        };
-        m.attach_lora(&lora, 3, &dev).unwrap();
+        m.attach_lora(&LoraConfig::on(&["q_proj"], 4, 8.0), 3, &dev).unwrap();
         dev.seed(9);
         for (_, p) in m.projs_mut() {
             if let Some(l) = p.lora.as_mut() {

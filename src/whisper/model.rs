@@ -535,7 +535,7 @@ impl Whisper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lora::{LoraConfig, Targets};
+    use crate::lora::LoraConfig;
 
     /// A bf16 base model keeps its adapters in fp32, and what leaves it is fp32.
     #[test]
@@ -546,14 +546,7 @@ mod tests {
         let mut l = Loader::random(3, &dev);
         let mut m = Whisper::load(&cfg, &mut l).with_precision(Precision::Bf16);
         assert_eq!(m.precision(), Precision::Bf16);
-        let lora = LoraConfig {
-            r: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
-            use_rslora: false,
-        };
-        m.attach_lora(&lora, 2, &dev).unwrap();
+        m.attach_lora(&LoraConfig::on(&["q_proj", "v_proj"], 4, 8.0), 2, &dev).unwrap();
         let mut adapters = 0;
         for (name, p) in m.projs_mut() {
             assert_eq!(p.weight.val().dtype(), DType::BF16, "{name}");

@@ -23,7 +23,6 @@ use crate::lora::{LoraConfig, Route};
 use crate::train::LossScaler;
 use crate::train::optim::GradMap;
 use crate::whisper::model::{Precision, Whisper};
-use crate::whisper::weights::Loader;
 use crate::whisper::{WhisperConfig, kernels};
 
 /// What to check.
@@ -142,14 +141,9 @@ pub fn run(o: &Options) -> Result<Report> {
     })
 }
 
-fn random_model(cfg: &WhisperConfig, seed: u64, device: &Device) -> Whisper {
-    let mut l = Loader::random(seed, device);
-    Whisper::load(cfg, &mut l)
-}
-
 /// The device's model: the random model in the checked precision.
 fn device_model(cfg: &WhisperConfig, o: &Options, device: &Device) -> Whisper {
-    random_model(cfg, o.seed, device).with_precision(o.precision)
+    Whisper::random(cfg, o.seed, device).with_precision(o.precision)
 }
 
 /// Deterministic inputs: log-mel-like values and token ids from a seeded generator.
@@ -190,7 +184,7 @@ fn check_config(
 ) -> Result<ConfigReport> {
     let (mel, tokens) = inputs(cfg, o);
     // On the CPU the reference model serves both sides (the kernels make the difference).
-    let reference = random_model(cfg, o.seed, cpu);
+    let reference = Whisper::random(cfg, o.seed, cpu);
     let parameters = count(&reference);
     let model = if on_cpu { reference.clone().with_precision(o.precision) } else { device_model(cfg, o, device) };
     let tol = tolerance(o.precision);
@@ -338,7 +332,7 @@ fn routed_loss(
 
 /// The random model of `cfg` on `ad` in `precision`, with the experts' adapters of [`attach`].
 fn adapted_model(cfg: &WhisperConfig, o: &Options, ad: &Device, precision: Precision) -> Result<Whisper> {
-    let mut m = random_model(cfg, o.seed, ad).with_precision(precision);
+    let mut m = Whisper::random(cfg, o.seed, ad).with_precision(precision);
     attach(&mut m, o, ad)?;
     Ok(m)
 }

@@ -143,7 +143,6 @@ mod tests {
     use crate::lora::{LoraConfig, Route};
     use crate::whisper::WhisperConfig;
     use crate::whisper::model::Whisper;
-    use crate::whisper::weights::Loader;
 
     /// The averaged model's update is the mean of the experts' updates, projection by
     /// projection (the base output subtracted).
@@ -152,7 +151,7 @@ mod tests {
         let dev = Device::flex();
         let mut cfg = WhisperConfig::named("tiny").unwrap();
         (cfg.encoder_layers, cfg.decoder_layers) = (1, 1);
-        let mut m = Whisper::load(&cfg, &mut Loader::random(5, &dev));
+        let mut m = Whisper::random(&cfg, 5, &dev);
         m.attach_lora(&LoraConfig::on(&["q_proj"], 4, 8.0), 3, &dev).unwrap();
         dev.seed(9);
         for (_, p) in m.projs_mut() {

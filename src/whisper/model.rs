@@ -494,6 +494,11 @@ impl Whisper {
         Whisper { encoder, decoder, config: cfg.clone() }
     }
 
+    /// Random weights of `cfg` ([`Loader::random`]): for checks that need no checkpoint.
+    pub fn random(cfg: &WhisperConfig, seed: u64, device: &Device) -> Whisper {
+        Whisper::load(cfg, &mut Loader::random(seed, device))
+    }
+
     /// The base model in `precision` (before adapters are attached: every float tensor is
     /// cast, and each stays frozen).
     pub fn with_precision(self, precision: Precision) -> Whisper {
@@ -543,8 +548,7 @@ mod tests {
         let dev = Device::flex();
         let mut cfg = WhisperConfig::named("tiny").unwrap();
         (cfg.encoder_layers, cfg.decoder_layers) = (1, 1);
-        let mut l = Loader::random(3, &dev);
-        let mut m = Whisper::load(&cfg, &mut l).with_precision(Precision::Bf16);
+        let mut m = Whisper::random(&cfg, 3, &dev).with_precision(Precision::Bf16);
         assert_eq!(m.precision(), Precision::Bf16);
         m.attach_lora(&LoraConfig::on(&["q_proj", "v_proj"], 4, 8.0), 2, &dev).unwrap();
         let mut adapters = 0;

@@ -132,6 +132,13 @@ impl Mixture {
         self.fallback = below.map(|t| (t, self.model.averaged_experts()));
     }
 
+    /// The encoder levels (layers run) routing and decoding read for each clip: the pooled
+    /// layer and the first one an adapter touches. An [`EncoderCache`] that keeps them runs the
+    /// encoder's lower layers once per clip for both.
+    pub fn levels(&self) -> Vec<usize> {
+        std::iter::once(self.layer).chain(self.model.first_adapted_encoder_layer()).collect()
+    }
+
     pub fn router(&self) -> Router<'_> {
         let centroids = self.centroids.as_ref().filter(|_| self.config.router == RouterKind::Centroid);
         Router { gate: &self.gate, temperature: self.config.temperature, centroids }
@@ -143,15 +150,16 @@ impl Mixture {
     }
 
     /// Embeddings [n, dim] of utterances from their audio, as the embed stage makes them:
-    /// pooled base-encoder states (from `cache` when the pooled layer is the last).
+    /// pooled base-encoder states (through `cache` when given: the adapted layers above the
+    /// pooled one then continue from its states).
     pub fn embed(&self, examples: &[&Example], cache: Option<&mut EncoderCache>) -> Result<Tensor<2>> {
         let samples: Vec<usize> = examples.iter().map(|e| e.audio.len()).collect();
         Ok(match cache {
-            Some(c) if self.layer == self.ck.config.encoder_layers => {
+            Some(c) => {
                 let valid: Vec<usize> = samples.iter().map(|&n| valid_encoder_frames(n)).collect();
-                pool(c.states(&self.ck, &self.ck.model.encoder, examples), &valid, self.pooling)
+                pool(c.states_upto(&self.ck, &self.ck.model.encoder, examples, self.layer), &valid, self.pooling)
             }
-            _ => {
+            None => {
                 let feats: Vec<Vec<f32>> = examples.iter().map(|e| self.ck.features(&e.audio)).collect();
                 embed_features(&self.ck, &feats, &samples, self.layer, self.pooling).0
             }
@@ -170,7 +178,7 @@ impl Mixture {
         let mut out = Vec::with_capacity(examples.len());
         for chunk in examples.chunks(opts.batch_size.max(1)) {
             // Without a shared cache, one for the batch: routing and decoding share the pass.
-            let mut local = EncoderCache::new(chunk.len());
+            let mut local = EncoderCache::new(2 * chunk.len()).keep_levels(&self.levels());
             let c = match cache.as_deref_mut() {
                 Some(c) => c,
                 None => &mut local,

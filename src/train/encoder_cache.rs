@@ -25,6 +25,8 @@ pub struct EncoderCache {
     /// each expert is a constant, computed once per (expert, utterance) and kept in `adapted`.
     frozen_adapters: bool,
     adapted: HashMap<(Option<usize>, String), Tensor<2>>,
+    /// Levels (layers run) also kept on the way to a deeper one ([`EncoderCache::keep_levels`]).
+    keep: Vec<usize>,
 }
 
 impl EncoderCache {
@@ -36,7 +38,20 @@ impl EncoderCache {
             cross_budget: 0,
             frozen_adapters: false,
             adapted: HashMap::new(),
+            keep: Vec::new(),
         }
+    }
+
+    /// Also keep the states after `levels` layers when computing deeper ones, for callers that
+    /// ask for several levels of the same utterances (evaluate: the routing embedding's layer,
+    /// the first adapted layer, the base output). Each level is then computed from the one
+    /// below it instead of from the audio: one encoder pass per utterance, whichever level is
+    /// asked for first.
+    pub fn keep_levels(mut self, levels: &[usize]) -> EncoderCache {
+        self.keep = levels.to_vec();
+        self.keep.sort_unstable();
+        self.keep.dedup();
+        self
     }
 
     /// Treat the encoder's adapters as frozen: training then reads each (expert, utterance)'s
@@ -190,13 +205,38 @@ impl EncoderCache {
         // would differ from an uninterrupted one in the last bits. Batching the encoder gains
         // nothing on the CPU (README, Performance).
         for e in &missing {
-            let enc = encoder.forward_upto(ck.mel_batch(&[ck.features(&e.audio)]), upto, None); // [1, 1500, d]
-            let [_, t, d] = enc.dims();
-            let s = enc.reshape([t, d]);
-            if self.states.len() < self.capacity {
-                self.states.insert(key(e), s);
-            } else {
-                fresh.insert(key(e), s);
+            // From the deepest level below `upto` already at hand (the same operations as one
+            // pass from the audio, so the same bits), through the kept levels on the way.
+            let start = (0..upto).rev().find_map(|l| self.states.get(&(l, e.id.clone())).map(|s| (l, s.clone())));
+            let (mut level, mut x) = match start {
+                Some((l, s)) => {
+                    let [t, d] = s.dims();
+                    (l, s.reshape([1, t, d]))
+                }
+                None => {
+                    let stops = self.keep.iter().copied().filter(|&k| k < upto).min();
+                    let first = stops.unwrap_or(upto);
+                    let x = encoder.forward_upto(ck.mel_batch(&[ck.features(&e.audio)]), first, None);
+                    (first, x)
+                }
+            };
+            loop {
+                let [_, t, d] = x.dims();
+                let s = x.clone().reshape([t, d]);
+                if level == upto {
+                    if self.states.len() < self.capacity {
+                        self.states.insert(key(e), s);
+                    } else {
+                        fresh.insert(key(e), s);
+                    }
+                    break;
+                }
+                if self.states.len() < self.capacity {
+                    self.states.insert((level, e.id.clone()), s);
+                }
+                let next = self.keep.iter().copied().filter(|&k| k > level && k < upto).min().unwrap_or(upto);
+                x = encoder.forward_between(x, level, next, None);
+                level = next;
             }
         }
         let rows: Vec<Tensor<2>> = examples
@@ -204,5 +244,54 @@ impl EncoderCache {
             .map(|e| self.states.get(&key(e)).or_else(|| fresh.get(&key(e))).expect("encoded").clone())
             .collect();
         Tensor::stack(rows, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Levels computed through the kept ones are the bits of one pass from the audio, each
+    /// level is kept, and a later request for a kept level reads it instead of encoding again.
+    #[test]
+    fn kept_levels_give_the_bits_of_one_pass() {
+        let dir = std::env::temp_dir().join(format!("wm-cache-levels-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::whisper::testing::write_checkpoint(&dir, 3, &[], &[]).unwrap();
+        let ck = Checkpoint::load_dir(&dir, &Device::flex()).unwrap();
+        let n = ck.model.encoder.layers.len();
+        assert!(n >= 2, "the test checkpoint needs two encoder layers");
+        let clips: Vec<Example> = (0..3)
+            .map(|i| {
+                Example::clip(
+                    format!("u{i}"),
+                    (0..8000 + 3000 * i).map(|t| (t as f32 * 0.01 * (i + 1) as f32).sin()).collect(),
+                )
+            })
+            .collect();
+        let exs: Vec<&Example> = clips.iter().collect();
+        let one_pass = |e: &Example, upto: usize| -> Vec<f32> {
+            let x = ck.model.encoder.forward_upto(ck.mel_batch(&[ck.features(&e.audio)]), upto, None);
+            x.into_data().try_into_vec_as().unwrap()
+        };
+        let mut cache = EncoderCache::new(16).keep_levels(&[1]);
+        let out: Vec<f32> = cache.states(&ck, &ck.model.encoder, &exs).into_data().try_into_vec_as().unwrap();
+        let per = out.len() / exs.len();
+        for (i, e) in exs.iter().enumerate() {
+            assert!(out[i * per..(i + 1) * per] == one_pass(e, n)[..], "output of {} differs from one pass", e.id);
+            assert!(cache.states.contains_key(&(1, e.id.clone())), "level 1 of {} kept", e.id);
+            assert!(!cache.states.contains_key(&(0, e.id.clone())));
+        }
+        // Level 1 now comes from the cache, as one pass to level 1 would give it.
+        let lower: Vec<f32> =
+            cache.states_upto(&ck, &ck.model.encoder, &exs[..1], 1).into_data().try_into_vec_as().unwrap();
+        assert!(lower == one_pass(exs[0], 1));
+        // Without kept levels only the asked level is stored; a deeper one continues from it.
+        let mut plain = EncoderCache::new(16);
+        plain.states_upto(&ck, &ck.model.encoder, &exs, 1);
+        let deep: Vec<f32> = plain.states(&ck, &ck.model.encoder, &exs).into_data().try_into_vec_as().unwrap();
+        assert!(deep == out);
+        assert_eq!(plain.states.len(), 2 * exs.len());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

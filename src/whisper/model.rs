@@ -289,11 +289,7 @@ impl Encoder {
         let x =
             gelu(conv1d(x, self.conv2_weight.val(), Some(self.conv2_bias.val()), ConvOptions::new([2], [1], [1], 1)));
         let x = x.swap_dims(1, 2); // [b, 1500, d]
-        let mut x = x + self.embed_positions.val().unsqueeze::<3>();
-        for layer in self.layers.iter().take(upto) {
-            x = layer.forward(x, route);
-        }
-        to_f32(if upto >= self.layers.len() { self.layer_norm.forward(x) } else { x })
+        self.forward_between(x + self.embed_positions.val().unsqueeze::<3>(), 0, upto, route)
     }
 
     pub fn forward(&self, mel: Tensor<3>, route: Option<&Route>) -> Tensor<3> {
@@ -303,11 +299,18 @@ impl Encoder {
     /// The encoder's output from hidden states `x` [b, 1500, d] after the first `from` layers
     /// (what `forward_upto(mel, from)` returns for `from` < the number of layers).
     pub fn forward_from(&self, x: Tensor<3>, from: usize, route: Option<&Route>) -> Tensor<3> {
+        self.forward_between(x, from, self.layers.len(), route)
+    }
+
+    /// Hidden states after the first `upto` layers from those after the first `from`
+    /// (`forward_upto(mel, upto)` from `forward_upto(mel, from)`, the same operations in the
+    /// same order: the result is bit for bit the same as in one pass).
+    pub fn forward_between(&self, x: Tensor<3>, from: usize, upto: usize, route: Option<&Route>) -> Tensor<3> {
         let mut x = x.cast(self.conv1_weight.val().dtype());
-        for layer in self.layers.iter().skip(from) {
+        for layer in self.layers.iter().take(upto).skip(from) {
             x = layer.forward(x, route);
         }
-        to_f32(self.layer_norm.forward(x))
+        to_f32(if upto >= self.layers.len() { self.layer_norm.forward(x) } else { x })
     }
 }
 

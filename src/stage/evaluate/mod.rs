@@ -152,7 +152,7 @@ impl Stage for Evaluate {
     type Summary = EvaluateReport;
 
     fn run(paths: &EvaluatePaths, p: &EvaluateParams) -> Result<EvaluateReport> {
-        let inp = systems::Inputs::load(paths, p)?;
+        let mut inp = systems::Inputs::load(paths, p)?;
         let meta = standard_metadata("evaluate", Some(&inp.ck().hash));
         if let Some(shard) = paths.shard {
             let (runs, routing) = systems::transcribe_sets(&inp, p, Some(shard))?;
@@ -163,6 +163,7 @@ impl Stage for Evaluate {
             Some(n) => shards::read(&paths.out, &inp, n)?,
             None => systems::transcribe_sets(&inp, p, None)?,
         };
+        inp.oracle_from(&runs);
         let scored = score::score_runs(&inp, &runs, p)?;
         scored.predictions.write(&paths.out.join("predictions"), &meta)?;
         let first = p.splits.first().cloned().unwrap_or_default();

@@ -40,8 +40,11 @@ pub struct Inputs {
     pub dense: Whisper,
     pub experts: usize,
     pub examples: Vec<Example>,
-    /// Per example: the expert of its cluster, or for held-out speech of its nearest centre.
+    /// Per example: the expert of its cluster, or for held-out speech of its nearest centre
+    /// (known once transcribed: [`Inputs::oracle_from`]).
     pub oracle: Vec<usize>,
+    /// The cluster centres (the joint stage's), which find held-out speech's oracle expert.
+    pub centroids: Centroids,
     /// Per example: label columns (e.g. domain, voice_group) and their values.
     pub labels: Vec<BTreeMap<String, String>>,
     pub sets: Vec<Set>,
@@ -68,6 +71,7 @@ impl Inputs {
         let centroids = Centroids::load(&mix_dir).or_else(|_| Centroids::fit(&emb, &g.clusters))?;
         let mut inp = Inputs {
             dense,
+            centroids,
             experts: g.experts(),
             examples: Vec::new(),
             oracle: Vec::new(),
@@ -82,7 +86,7 @@ impl Inputs {
         inp.add_splits(&g, &emb, &paths.base.dataset, p)?;
         for spec in &paths.heldout {
             let (name, dir) = spec.split_once('=').map(|(n, d)| (n.to_string(), d)).unwrap_or(("heldout".into(), spec));
-            inp.add_heldout(&name, Path::new(dir), &centroids, p)?;
+            inp.add_heldout(&name, Path::new(dir), p)?;
         }
         Ok(inp)
     }
@@ -135,8 +139,9 @@ impl Inputs {
     }
 
     /// A held-out dataset: every row with audio and a transcript; labels from its columns;
-    /// oracle = the nearest centre of its embedding (computed from the audio, as routing).
-    fn add_heldout(&mut self, name: &str, dir: &Path, centroids: &Centroids, p: &EvaluateParams) -> Result<()> {
+    /// oracle = the nearest centre of its embedding (computed from the audio, as routing, by
+    /// [`transcribe_sets`]; [`Inputs::oracle_from`] records it).
+    fn add_heldout(&mut self, name: &str, dir: &Path, p: &EvaluateParams) -> Result<()> {
         let ds = Dataset::open(dir, &p.columns).with_context(|| format!("held-out dataset `{name}`"))?;
         let columns = group_columns(p);
         warn_missing(&columns, ds.extra_columns(), &format!("held-out dataset `{name}`"));
@@ -149,7 +154,6 @@ impl Inputs {
         let prompting = Prompting { language: p.language.as_deref(), detected: None, task: p.task, decode_only: true };
         let mut by_id = examples_from_dataset(self.ck(), &ds, &wanted, true, prompting)?;
         let mut idx = Vec::new();
-        let mut batch: Vec<usize> = Vec::new();
         for u in &usable {
             let mut ex = by_id.remove(&u.id).context("a held-out utterance")?;
             // Ids are only unique within a dataset; the encoder cache keys on them.
@@ -161,21 +165,27 @@ impl Inputs {
                 .filter(|(c, v)| columns.contains(c) && v.is_some())
                 .map(|(c, v)| (c.clone(), v.clone().unwrap_or_default()))
                 .collect();
+            // The oracle expert (the nearest centre of its embedding) is found when it is
+            // transcribed, from the encoder states routing computes anyway.
             self.push(ex, 0, labels);
             idx.push(self.examples.len() - 1);
-            batch.push(self.examples.len() - 1);
-        }
-        // Oracle: the nearest centre of each embedding.
-        for chunk in batch.chunks(p.eval.batch_size.max(1)) {
-            let exs: Vec<&Example> = chunk.iter().map(|&i| &self.examples[i]).collect();
-            let emb: Vec<f32> = self.mixture.embed(&exs, None)?.into_data().try_into_vec_as()?;
-            for (&i, e) in chunk.iter().zip(centroids.nearest(&emb)) {
-                self.oracle[i] = e;
-            }
         }
         eprintln!("held-out `{name}`: {} utterances from {}", idx.len(), ds.path.display());
         self.sets.push(Set { name: name.to_string(), examples: idx, heldout: true });
         Ok(())
+    }
+
+    /// Record the oracle experts of held-out speech from the oracle system's runs (computed
+    /// while transcribing, in this process or a shard's).
+    pub fn oracle_from(&mut self, runs: &[Run]) {
+        let heldout: HashSet<&str> = self.sets.iter().filter(|s| s.heldout).map(|s| s.name.as_str()).collect();
+        for run in runs.iter().filter(|r| r.system == "oracle" && heldout.contains(r.split.as_str())) {
+            for &(i, e, _) in &run.rows {
+                if let Some(e) = e {
+                    self.oracle[i] = e;
+                }
+            }
+        }
     }
 
     fn push(&mut self, ex: Example, oracle: usize, labels: BTreeMap<String, String>) {
@@ -208,42 +218,65 @@ pub struct Run {
 pub type RoutingProbs = Vec<(String, usize, Vec<f32>)>;
 
 /// Every system on every evaluated set (with `shard`, on that shard's contiguous slice of each
-/// set).
+/// set). The systems take each set in blocks of whole batches, which share an encoder cache:
+/// each clip's lower encoder layers run once for the routing embedding, the adapted systems and
+/// the base model, and the cache holds one block at a time.
 pub fn transcribe_sets(inp: &Inputs, p: &EvaluateParams, shard: Option<Shard>) -> Result<(Vec<Run>, RoutingProbs)> {
     let ck = inp.ck();
-    let mut cache = EncoderCache::new(inp.examples.len().max(1));
+    let b = p.eval.batch_size.max(1);
+    let block = b * (BLOCK / b).max(1);
+    let mut levels = inp.mixture.levels();
+    levels.extend(inp.dense.first_adapted_encoder_layer());
     let mut runs = Vec::new();
     let mut routing = Vec::new();
     for set in &inp.sets {
         let mine = &set.examples[shard.map_or(0..set.examples.len(), |s| s.range(set.examples.len()))];
-        let exs: Vec<&Example> = mine.iter().map(|&i| &inp.examples[i]).collect();
-        let oracle: Vec<Option<usize>> = mine.iter().map(|&i| Some(inp.oracle[i])).collect();
-        for name in SYSTEMS {
-            let t0 = std::time::Instant::now();
-            let (experts, hyps) = match name {
-                "base" => {
-                    let none = vec![None; exs.len()];
-                    (none.clone(), transcribe(ck, &ck.model, &exs, &none, &p.eval, Some(&mut cache))?)
-                }
-                "mixture" => {
-                    let routed = inp.mixture.transcribe_examples(&exs, &p.eval, Some(&mut cache))?;
-                    for (&i, r) in mine.iter().zip(&routed) {
-                        routing.push((set.name.clone(), i, r.probs.clone()));
+        let mut rows: Vec<Vec<(usize, Option<usize>, String)>> = vec![Vec::new(); SYSTEMS.len()];
+        let mut seconds = [0.0f64; SYSTEMS.len()];
+        for part in mine.chunks(block) {
+            let mut cache = EncoderCache::new(part.len() * (levels.len() + 1)).keep_levels(&levels);
+            let exs: Vec<&Example> = part.iter().map(|&i| &inp.examples[i]).collect();
+            for (s, name) in SYSTEMS.iter().enumerate() {
+                let t0 = std::time::Instant::now();
+                let (experts, hyps) = match *name {
+                    "base" => {
+                        let none = vec![None; exs.len()];
+                        (none.clone(), transcribe(ck, &ck.model, &exs, &none, &p.eval, Some(&mut cache))?)
                     }
-                    routed.into_iter().map(|r| (Some(r.expert), r.transcript.text)).unzip()
-                }
-                "oracle" => {
-                    (oracle.clone(), transcribe(ck, &inp.mixture.model, &exs, &oracle, &p.eval, Some(&mut cache))?)
-                }
-                _ => {
-                    let one = vec![Some(0); exs.len()];
-                    (one.clone(), transcribe(ck, &inp.dense, &exs, &one, &p.eval, Some(&mut cache))?)
-                }
-            };
-            eprintln!("{name} on {}: {} utterances in {:.1} s", set.name, exs.len(), t0.elapsed().as_secs_f64());
-            let rows = mine.iter().zip(experts).zip(hyps).map(|((&i, e), h)| (i, e, h)).collect();
-            runs.push(Run { system: name.into(), split: set.name.clone(), rows });
+                    "mixture" => {
+                        let routed = inp.mixture.transcribe_examples(&exs, &p.eval, Some(&mut cache))?;
+                        for (&i, r) in part.iter().zip(&routed) {
+                            routing.push((set.name.clone(), i, r.probs.clone()));
+                        }
+                        routed.into_iter().map(|r| (Some(r.expert), r.transcript.text)).unzip()
+                    }
+                    "oracle" => {
+                        let oracle: Vec<Option<usize>> = if set.heldout {
+                            let emb: Vec<f32> =
+                                inp.mixture.embed(&exs, Some(&mut cache))?.into_data().try_into_vec_as()?;
+                            inp.centroids.nearest(&emb).into_iter().map(Some).collect()
+                        } else {
+                            part.iter().map(|&i| Some(inp.oracle[i])).collect()
+                        };
+                        (oracle.clone(), transcribe(ck, &inp.mixture.model, &exs, &oracle, &p.eval, Some(&mut cache))?)
+                    }
+                    _ => {
+                        let one = vec![Some(0); exs.len()];
+                        (one.clone(), transcribe(ck, &inp.dense, &exs, &one, &p.eval, Some(&mut cache))?)
+                    }
+                };
+                seconds[s] += t0.elapsed().as_secs_f64();
+                rows[s].extend(part.iter().zip(experts).zip(hyps).map(|((&i, e), h)| (i, e, h)));
+            }
+        }
+        for ((name, rows), secs) in SYSTEMS.iter().zip(rows).zip(seconds) {
+            eprintln!("{name} on {}: {} utterances in {secs:.1} s", set.name, rows.len());
+            runs.push(Run { system: name.to_string(), split: set.name.clone(), rows });
         }
     }
     Ok((runs, routing))
 }
+
+/// Utterances per block of [`transcribe_sets`] (rounded down to whole batches): the encoder
+/// cache holds a block's states at a few levels (tiny: 2.3 MB per clip and level).
+const BLOCK: usize = 64;

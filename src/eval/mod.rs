@@ -2,6 +2,7 @@
 //! report, and how transcripts are decoded and scored ([`EvalConfig`]). The evaluate stage
 //! strings them together; nothing here needs a trained model.
 
+pub mod bootstrap;
 pub mod normalize;
 pub mod plots;
 pub mod report;

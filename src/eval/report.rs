@@ -34,6 +34,9 @@ pub struct ReportData {
     /// One entry per system, in display order (base, dense, mixture, oracle...).
     pub systems: Vec<SystemResult>,
     pub routing: Option<RoutingSummary>,
+    /// Paired bootstrap comparisons of systems.
+    #[serde(default)]
+    pub comparisons: Vec<crate::eval::bootstrap::Comparison>,
     /// Plots under `plots/`, shown in this order.
     pub plots: Vec<ReportPlot>,
 }
@@ -159,6 +162,7 @@ pub fn render_html(data: &ReportData) -> String {
     }
 
     overall_table(&mut h, &data.systems);
+    comparison_table(&mut h, &data.comparisons);
     group_tables(&mut h, &data.systems);
     if let Some(r) = &data.routing {
         routing_section(&mut h, r);
@@ -181,6 +185,49 @@ pub fn render_html(data: &ReportData) -> String {
     }
     h.push_str("</body>\n</html>\n");
     h
+}
+
+fn comparison_table(h: &mut String, comparisons: &[crate::eval::bootstrap::Comparison]) {
+    let Some(first) = comparisons.first() else { return };
+    let d = &first.difference;
+    writeln!(
+        h,
+        "<h2 id=\"comparisons\">Is the difference real?</h2>\n<p class=\"note\">Paired bootstrap over utterances \
+         ({} draws): WER(A) − WER(B) in points with its {:.0}% interval; <b>bold</b> where the interval \
+         excludes zero. \u{201c}A better\u{201d} is the share of draws where A's WER is lower.</p>",
+        d.resamples,
+        100.0 * d.confidence
+    )
+    .unwrap();
+    h.push_str(
+        "<table>\n<tr><th class=\"name\">A − B</th><th class=\"name\">set</th><th class=\"name\">utterances</th>\
+         <th>WER A %</th><th>WER B %</th><th>difference</th><th>interval</th><th>A better</th></tr>\n",
+    );
+    for c in comparisons {
+        let d = &c.difference;
+        let diff = format!("{:+.2}", 100.0 * d.delta);
+        let diff = if d.significant() { format!("<b>{diff}</b>") } else { diff };
+        let set = match &c.group {
+            Some(g) => format!("{} ({g})", c.split),
+            None => c.split.clone(),
+        };
+        writeln!(
+            h,
+            "<tr><td class=\"name\">{} − {}</td><td class=\"name\">{}</td><td class=\"name\">{}</td><td>{}</td>\
+             <td>{}</td><td>{diff}</td><td>[{:+.2}, {:+.2}]</td><td>{:.2}</td></tr>",
+            escape(&c.a),
+            escape(&c.b),
+            escape(&set),
+            d.utterances,
+            pct(d.wer_a),
+            pct(d.wer_b),
+            100.0 * d.low,
+            100.0 * d.high,
+            d.a_better
+        )
+        .unwrap();
+    }
+    h.push_str("</table>\n");
 }
 
 fn overall_table(h: &mut String, systems: &[SystemResult]) {
@@ -476,6 +523,23 @@ mod tests {
                     counts,
                 }],
             }),
+            comparisons: vec![crate::eval::bootstrap::Comparison {
+                a: "mixture <top-1>".into(),
+                b: "base".into(),
+                split: "test".into(),
+                group: Some("voice_group=new".into()),
+                difference: crate::eval::bootstrap::Difference {
+                    wer_a: 0.1,
+                    wer_b: 0.25,
+                    delta: -0.15,
+                    low: -0.2,
+                    high: -0.1,
+                    a_better: 1.0,
+                    utterances: 12,
+                    resamples: 1000,
+                    confidence: 0.95,
+                },
+            }],
             plots,
         };
         (dir, data)
@@ -498,6 +562,9 @@ mod tests {
         assert!(html.contains("phone &lt;call&gt;") && html.contains("read &amp; spoken"));
         assert!(html.contains("Synthetic report &lt;test&gt;"));
         assert!(html.contains("83.33 %"), "routing accuracy 10/12");
+        // the comparison: escaped names, the difference in bold (its interval excludes zero)
+        assert!(html.contains("mixture &lt;top-1&gt; − base</td><td class=\"name\">test (voice_group=new)"), "{html}");
+        assert!(html.contains("<b>-15.00</b>") && html.contains("[-20.00, -10.00]"));
         if std::env::var_os("WHISPER_MOE_KEEP_REPORT").is_none() {
             std::fs::remove_dir_all(&dir).unwrap();
         }

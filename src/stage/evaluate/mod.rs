@@ -21,6 +21,7 @@ use super::{Sharding, Stage};
 use crate::artifacts::{Shard, standard_metadata};
 use crate::dataset::Columns;
 use crate::eval::EvalConfig;
+use crate::eval::bootstrap::Comparison;
 use crate::eval::report::{ReportData, SystemResult, plots_dir, write_report};
 use crate::eval::wer::Score;
 
@@ -29,6 +30,9 @@ crate::params! {
         /// The splits of the clusters stage to evaluate; the first one is the report's.
         pub splits: Vec<String> = vec!["test".into(), "val".into()],
         pub eval: EvalConfig = EvalConfig::default(),
+        /// Paired bootstrap comparisons of the systems (mixture vs dense, base, oracle; dense vs
+        /// base) on every set: is a difference in WER more than the luck of the utterances?
+        pub bootstrap: crate::eval::bootstrap::BootstrapConfig = Default::default(),
         /// A column of the dataset to break results down by (e.g. domain); also the rows of the
         /// label-versus-expert confusion.
         pub label_column: Option<String> = Some("domain".into()),
@@ -102,6 +106,8 @@ pub struct Metrics {
     pub routing_accuracy_by_set: BTreeMap<String, f64>,
     /// WER and CER per (system, set, language) where utterances have a language.
     pub by_language: Vec<LanguageRow>,
+    /// Paired bootstrap comparisons of systems per set (and group of voices).
+    pub comparisons: Vec<Comparison>,
 }
 
 /// One line of `metrics.json`'s `by_language`.
@@ -121,15 +127,16 @@ pub struct LanguageRow {
 
 /// What the stage prints: the result table and where the report is (a shard: what it wrote).
 pub enum EvaluateReport {
-    Done { results: Vec<(String, String, Score)>, report: PathBuf },
+    Done { results: Vec<(String, String, Score)>, comparisons: Vec<Comparison>, report: PathBuf },
     Shard { shard: Shard, transcripts: usize },
 }
 
 impl fmt::Display for EvaluateReport {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            EvaluateReport::Done { results, report } => {
+            EvaluateReport::Done { results, comparisons, report } => {
                 write!(f, "{}", result_table(results))?;
+                write!(f, "{}", comparison_table(comparisons))?;
                 write!(f, "report: {}", report.display())
             }
             EvaluateReport::Shard { shard, transcripts } => write!(
@@ -165,6 +172,7 @@ impl Stage for Evaluate {
         };
         inp.oracle_from(&runs);
         let scored = score::score_runs(&inp, &runs, p)?;
+        let comparisons = score::compare(&inp, &scored, p);
         scored.predictions.write(&paths.out.join("predictions"), &meta)?;
         let first = p.splits.first().cloned().unwrap_or_default();
         let routing = score::routing_summary(&inp, &runs, &first, p.label_column.as_deref());
@@ -216,6 +224,7 @@ impl Stage for Evaluate {
             ],
             systems: ordered_systems(scored.by_system, &inp.sets.iter().map(|s| s.name.clone()).collect::<Vec<_>>()),
             routing: Some(routing),
+            comparisons: comparisons.clone(),
             plots: figs,
         };
         write_report(&report_dir, &data)?;
@@ -238,12 +247,22 @@ impl Stage for Evaluate {
                 (r.total > 0).then(|| (s.name.clone(), r.correct as f64 / r.total as f64))
             })
             .collect();
-        let metrics = Metrics { results, routing_accuracy: accuracy, routing_accuracy_by_set, by_language };
+        let metrics = Metrics {
+            results,
+            routing_accuracy: accuracy,
+            routing_accuracy_by_set,
+            by_language,
+            comparisons: comparisons.clone(),
+        };
         crate::util::write_json(&paths.out.join("metrics.json"), &metrics)?;
         if paths.merge_shards.is_some() {
             std::fs::remove_dir_all(paths.out.join(shards::TRANSCRIPTS)).context("removing the shards' transcripts")?;
         }
-        Ok(EvaluateReport::Done { results: scored.results, report: super::final_path(&report_dir.join("index.html")) })
+        Ok(EvaluateReport::Done {
+            results: scored.results,
+            comparisons,
+            report: super::final_path(&report_dir.join("index.html")),
+        })
     }
 }
 
@@ -272,6 +291,31 @@ pub fn result_table(results: &[(String, String, Score)]) -> String {
             100.0 * sc.wer(),
             100.0 * sc.cer(),
             sc.words.words
+        ));
+    }
+    s
+}
+
+/// The comparisons over whole sets as text: difference in points, interval, share A wins.
+pub fn comparison_table(comparisons: &[Comparison]) -> String {
+    let whole: Vec<&Comparison> = comparisons.iter().filter(|c| c.group.is_none()).collect();
+    let Some(first) = whole.first() else { return String::new() };
+    let mut s = format!(
+        "paired bootstrap ({} draws): WER(A) - WER(B) in points, {:.0}% interval, share of draws A is better\n",
+        first.difference.resamples,
+        100.0 * first.difference.confidence
+    );
+    for c in whole {
+        let d = &c.difference;
+        s.push_str(&format!(
+            "{:<17} {:<8} {:>+6.2}  [{:>+6.2}, {:>+6.2}]{}  {:.2}\n",
+            format!("{} - {}", c.a, c.b),
+            c.split,
+            100.0 * d.delta,
+            100.0 * d.low,
+            100.0 * d.high,
+            if d.significant() { " *" } else { "  " },
+            d.a_better
         ));
     }
     s

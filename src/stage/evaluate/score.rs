@@ -9,6 +9,7 @@ use anyhow::Result;
 use super::EvaluateParams;
 use super::systems::{Inputs, Run};
 use crate::artifacts::table::Table;
+use crate::eval::bootstrap::{self, Comparison, Pair};
 use crate::eval::report::{Confusion, RoutingSummary, SystemResult};
 use crate::eval::wer::{Score, score};
 
@@ -24,19 +25,24 @@ pub struct Scored {
     pub results: Vec<(String, String, Score)>,
     /// Per (split, system): overall and per-group scores.
     pub by_system: BTreeMap<(String, String), SystemResult>,
+    /// Per (system, split): each utterance's (example, word errors, reference words).
+    pub per_utterance: BTreeMap<(String, String), Vec<(usize, u64, u64)>>,
 }
 
 pub fn score_runs(inp: &Inputs, runs: &[Run], p: &EvaluateParams) -> Result<Scored> {
     let mut predictions = Table::default();
     let mut results = Vec::new();
     let mut by_system = BTreeMap::new();
+    let mut per_utterance = BTreeMap::new();
     for run in runs {
+        let mut utts = Vec::with_capacity(run.rows.len());
         let mut overall = Score::default();
         let mut groups: BTreeMap<String, BTreeMap<String, Score>> = BTreeMap::new();
         for (i, e, hyp) in &run.rows {
             let ex = &inp.examples[*i];
             let s = score(p.eval.normalizer, &ex.text, hyp);
             overall += s;
+            utts.push((*i, s.words.errors(), s.words.words));
             let cluster = inp.oracle[*i];
             *groups.entry("cluster".into()).or_default().entry(format!("cluster {cluster}")).or_default() += s;
             for (col, value) in &inp.labels[*i] {
@@ -66,11 +72,60 @@ pub fn score_runs(inp: &Inputs, runs: &[Run], p: &EvaluateParams) -> Result<Scor
             ])?;
         }
         results.push((run.system.clone(), run.split.clone(), overall));
+        per_utterance.insert((run.system.clone(), run.split.clone()), utts);
         let name = format!("{} ({})", run.system, run.split);
         let r = SystemResult { name, utterances: run.rows.len() as u64, overall, groups };
         by_system.insert((run.split.clone(), run.system.clone()), r);
     }
-    Ok(Scored { predictions, results, by_system })
+    Ok(Scored { predictions, results, by_system, per_utterance })
+}
+
+/// The pairs of systems compared, as (A, B): is A's WER below B's?
+pub const COMPARED: [(&str, &str); 4] =
+    [("mixture", "dense"), ("mixture", "base"), ("mixture", "oracle"), ("dense", "base")];
+
+/// Paired bootstrap comparisons of [`COMPARED`] on every evaluated set, over all its utterances
+/// and over each group of the group columns (e.g. seen and new voices).
+pub fn compare(inp: &Inputs, scored: &Scored, p: &EvaluateParams) -> Vec<Comparison> {
+    let mut out = Vec::new();
+    for set in &inp.sets {
+        for (a, b) in COMPARED {
+            let get = |s: &str| scored.per_utterance.get(&(s.to_string(), set.name.clone()));
+            let (Some(ra), Some(rb)) = (get(a), get(b)) else { continue };
+            let errors_b: BTreeMap<usize, u64> = rb.iter().map(|&(i, e, _)| (i, e)).collect();
+            let pairs: Vec<(usize, Pair)> = ra
+                .iter()
+                .filter_map(|&(i, e, w)| Some((i, Pair { errors_a: e, errors_b: *errors_b.get(&i)?, words: w })))
+                .collect();
+            let mut groups: Vec<Option<(String, String)>> = vec![None];
+            let mut values: Vec<(String, String)> = pairs
+                .iter()
+                .flat_map(|(i, _)| {
+                    p.group_columns.iter().filter_map(|c| Some((c.clone(), inp.labels[*i].get(c)?.clone())))
+                })
+                .collect();
+            values.sort();
+            values.dedup();
+            groups.extend(values.into_iter().map(Some));
+            for g in groups {
+                let mine: Vec<Pair> = pairs
+                    .iter()
+                    .filter(|(i, _)| g.as_ref().is_none_or(|(c, v)| inp.labels[*i].get(c) == Some(v)))
+                    .map(|(_, x)| *x)
+                    .collect();
+                if let Some(difference) = bootstrap::paired(&mine, &p.bootstrap) {
+                    out.push(Comparison {
+                        a: a.into(),
+                        b: b.into(),
+                        split: set.name.clone(),
+                        group: g.map(|(c, v)| format!("{c}={v}")),
+                        difference,
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Routing accuracy of the mixture on `split` against the oracle expert (the cluster; for

@@ -19,7 +19,8 @@ pub struct EncoderCache {
     capacity: usize,
     /// Base (adapter-free) cross-attention keys and values per decoder layer, per utterance.
     cross: HashMap<String, Vec<(Tensor<2>, Tensor<2>)>>,
-    /// Budget for `cross` in bytes (each utterance holds 2 x layers x 1500 x d_model floats).
+    /// Budget for `cross` in bytes (each utterance holds 2 x layers x 1500 x d_model values of the
+    /// weights' dtype).
     cross_budget: usize,
     /// The encoder's adapters are frozen (trained by an earlier stage): its output through
     /// each expert is a constant, computed once per (expert, utterance) and kept in `adapted`.
@@ -123,7 +124,9 @@ impl EncoderCache {
         examples: &[&Example],
     ) -> Vec<(Tensor<3>, Tensor<3>)> {
         let [_, t, d] = enc.dims();
-        let per_utt = 2 * decoder.layers.len() * t * d * 4;
+        // The keys and values come out in the weights' dtype (2 bytes each in bf16 and f16).
+        let bytes = decoder.layers.first().map_or(4, |l| l.encoder_attn.k_proj.weight.val().dtype().size());
+        let per_utt = 2 * decoder.layers.len() * t * d * bytes;
         let missing: Vec<usize> = (0..examples.len()).filter(|&i| !self.cross.contains_key(&examples[i].id)).collect();
         let mut fresh: HashMap<usize, Vec<(Tensor<2>, Tensor<2>)>> = HashMap::new();
         if !missing.is_empty() {

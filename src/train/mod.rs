@@ -37,7 +37,8 @@ crate::params! {
         /// Utterances whose encoder states are kept in memory.
         pub encoder_cache: usize = 20_000,
         /// Megabytes for the decoder's base cross-attention keys/values (per utterance: 2 x
-        /// layers x 1500 x d_model floats, 18 MB for tiny); 0 = recompute every pass.
+        /// layers x 1500 x d_model values, 18 MB for tiny in fp32, half in bf16/f16); 0 = recompute
+        /// every pass.
         pub cross_kv_cache_mb: usize = 6144,
         /// Stop after this many optimizer steps (a budget; None = all epochs).
         pub max_steps: Option<u64> = None,

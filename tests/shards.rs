@@ -86,6 +86,10 @@ fn evaluate_shards_then_merges_into_the_unsharded_outputs() {
     let sharded = evaluate(artifact_hashes(&dir).unwrap());
     assert_eq!(sharded, unsharded, "sharded evaluate wrote other outputs");
     assert!(!dir.join("artifacts/evaluate/transcripts").exists());
+    // More shards than the held-out set has clips (6): the last shards transcribe nothing.
+    let (ok, out) = pipeline(&dir, &["run", "evaluate", "--force", "--shards", "evaluate=8"]);
+    assert!(ok, "{out}");
+    assert_eq!(evaluate(artifact_hashes(&dir).unwrap()), unsharded, "8 shards wrote other outputs");
 
     let (ok, out) = pipeline(&dir, &["run", "cluster", "--force", "--shards", "cluster=2"]);
     assert!(!ok && out.contains("stage `cluster` does not shard"), "{out}");

@@ -68,6 +68,16 @@ fn wer(errors: u64, words: u64) -> f64 {
     errors as f64 / words.max(1) as f64
 }
 
+/// Indices into `r` sorted draws of a central interval at `confidence` (percentile method): as
+/// many draws cut below as above, `floor(r (1 - confidence) / 2)` each (at least the one draw
+/// in the middle is kept).
+pub fn interval_indices(r: usize, confidence: f64) -> (usize, usize) {
+    let tail = (1.0 - confidence.clamp(0.0, 1.0)) / 2.0;
+    // (1 - 0.9) / 2 is 0.04999... in binary: without the nudge it would cut one draw fewer below.
+    let cut = ((tail * r as f64 + 1e-9).floor() as usize).min(r.saturating_sub(1) / 2);
+    (cut, r - 1 - cut)
+}
+
 /// The paired bootstrap of WER(A) - WER(B) over `pairs` (None without utterances or draws).
 pub fn paired(pairs: &[Pair], cfg: &BootstrapConfig) -> Option<Difference> {
     let n = pairs.len();
@@ -99,9 +109,7 @@ pub fn paired(pairs: &[Pair], cfg: &BootstrapConfig) -> Option<Difference> {
     }
     deltas.sort_by(f64::total_cmp);
     let r = cfg.resamples;
-    let tail = (1.0 - cfg.confidence.clamp(0.0, 1.0)) / 2.0;
-    let lo = ((tail * r as f64).floor() as usize).min(r - 1);
-    let hi = (((1.0 - tail) * r as f64).ceil() as usize).clamp(1, r) - 1;
+    let (lo, hi) = interval_indices(r, cfg.confidence);
     Some(Difference {
         wer_a: wer(ea, w),
         wer_b: wer(eb, w),
@@ -138,6 +146,19 @@ mod tests {
         // A wins the draws of -1/15 and -0.4: 3/4, within 4 standard errors of 20,000 draws.
         assert!((d.a_better - 0.75).abs() < 4.0 * (0.75f64 * 0.25 / 20_000.0).sqrt(), "{d:?}");
         assert!(!d.significant());
+    }
+
+    #[test]
+    fn intervals_cut_as_many_draws_below_as_above() {
+        assert_eq!(interval_indices(10_000, 0.95), (250, 9_749));
+        assert_eq!(interval_indices(1_000, 0.9), (50, 949));
+        assert_eq!(interval_indices(10_000, 0.9), (500, 9_499));
+        assert_eq!(interval_indices(100, 0.8), (10, 89));
+        assert_eq!(interval_indices(1_000, 0.68), (160, 839));
+        assert_eq!(interval_indices(999, 0.95), (24, 974));
+        assert_eq!(interval_indices(10, 0.0), (4, 5));
+        assert_eq!(interval_indices(1, 0.95), (0, 0));
+        assert_eq!(interval_indices(10, 1.0), (0, 9));
     }
 
     #[test]

@@ -151,7 +151,8 @@ impl Mixture {
 
     /// Embeddings [n, dim] of utterances from their audio, as the embed stage makes them:
     /// pooled base-encoder states (through `cache` when given: the adapted layers above the
-    /// pooled one then continue from its states).
+    /// pooled one then continue from its states; the cache encodes one clip at a time, the
+    /// embed stage in batches, which can differ in the last bits).
     pub fn embed(&self, examples: &[&Example], cache: Option<&mut EncoderCache>) -> Result<Tensor<2>> {
         let samples: Vec<usize> = examples.iter().map(|e| e.audio.len()).collect();
         Ok(match cache {

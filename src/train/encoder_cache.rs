@@ -15,7 +15,8 @@ use crate::whisper::Checkpoint;
 pub struct EncoderCache {
     /// Keyed by (layers run, utterance id).
     states: HashMap<(usize, String), Tensor<2>>,
-    /// Keep at most this many utterances (each is 1500 x d_model floats).
+    /// Keep at most this many states (an utterance's states at one level: 1500 x d_model floats;
+    /// with [`EncoderCache::keep_levels`], one utterance may hold several).
     capacity: usize,
     /// Base (adapter-free) cross-attention keys and values per decoder layer, per utterance.
     cross: HashMap<String, Vec<(Tensor<2>, Tensor<2>)>>,
@@ -223,23 +224,26 @@ impl EncoderCache {
                     (first, x)
                 }
             };
-            loop {
+            let mut on_the_way = Vec::new();
+            while level < upto {
                 let [_, t, d] = x.dims();
-                let s = x.clone().reshape([t, d]);
-                if level == upto {
-                    if self.states.len() < self.capacity {
-                        self.states.insert(key(e), s);
-                    } else {
-                        fresh.insert(key(e), s);
-                    }
-                    break;
-                }
-                if self.states.len() < self.capacity {
-                    self.states.insert((level, e.id.clone()), s);
-                }
+                on_the_way.push(((level, e.id.clone()), x.clone().reshape([t, d])));
                 let next = self.keep.iter().copied().filter(|&k| k > level && k < upto).min().unwrap_or(upto);
                 x = encoder.forward_between(x, level, next, None);
                 level = next;
+            }
+            let [_, t, d] = x.dims();
+            let s = x.reshape([t, d]);
+            // The level asked for first, then the kept ones as room allows.
+            if self.states.len() < self.capacity {
+                self.states.insert(key(e), s);
+            } else {
+                fresh.insert(key(e), s);
+            }
+            for (k, s) in on_the_way {
+                if self.states.len() < self.capacity && self.keep.contains(&k.0) {
+                    self.states.entry(k).or_insert(s);
+                }
             }
         }
         let rows: Vec<Tensor<2>> = examples
@@ -285,10 +289,13 @@ mod tests {
             assert!(cache.states.contains_key(&(1, e.id.clone())), "level 1 of {} kept", e.id);
             assert!(!cache.states.contains_key(&(0, e.id.clone())));
         }
-        // Level 1 now comes from the cache, as one pass to level 1 would give it.
+        // Level 1 now comes from the cache (nothing new is stored), as one pass to level 1 gives it.
+        let stored = cache.states.len();
+        assert_eq!(stored, 2 * exs.len());
         let lower: Vec<f32> =
             cache.states_upto(&ck, &ck.model.encoder, &exs[..1], 1).into_data().try_into_vec_as().unwrap();
         assert!(lower == one_pass(exs[0], 1));
+        assert_eq!(cache.states.len(), stored);
         // Without kept levels only the asked level is stored; a deeper one continues from it.
         let mut plain = EncoderCache::new(16);
         plain.states_upto(&ck, &ck.model.encoder, &exs, 1);

@@ -125,6 +125,22 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
         assert!(l["text"].is_string());
     }
 
+    // Evaluate's mixture is `pipeline transcribe --mixture`: on the held-out clips (in the
+    // manifest's order, as evaluate takes them, with its decoding settings) the same texts
+    // and experts, bit for bit.
+    let files: Vec<String> = (0..3).flat_map(|k| (8..10).map(move |i| format!("heldout/h{k}_{i}.wav"))).collect();
+    let mut args = vec!["transcribe", "--mixture", "artifacts/joint/mixture", "--json", "--fallback-below", "0.8"];
+    args.extend(["--max-new-tokens", "8", "--batch-size", "8"]);
+    args.extend(files.iter().map(String::as_str));
+    let (ok, out, err) = pipeline(&dir, &args);
+    assert!(ok, "{err}");
+    let cli: Vec<(String, u64)> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|l| (l["text"].as_str().unwrap().to_string(), l["expert"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(cli, mixture_rows(&dir, "heldout"), "transcribe --mixture differs from evaluate's mixture");
+
     // Going back to k = 3 restores every stage from the run cache: nothing is trained again,
     // and the outs are the ones the k = 3 run wrote.
     std::fs::write(dir.join("pipeline.yaml"), &manifest).unwrap();
@@ -137,6 +153,27 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
     assert_eq!(std::fs::read(dir.join("artifacts/evaluate/metrics.json")).unwrap(), metrics_k3);
     let (_, status, _) = pipeline(&dir, &["status"]);
     assert!(status.contains("everything is up to date"), "{status}");
+}
+
+/// Evaluate's mixture rows of `set`, in its order: (hypothesis, expert).
+fn mixture_rows(dir: &Path, set: &str) -> Vec<(String, u64)> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let pred =
+        whisper_moe::artifacts::read_dataset(&dir.join("artifacts/evaluate/predictions")).unwrap().concat().unwrap();
+    let col =
+        |c: &str| arrow::compute::cast(pred.column_by_name(c).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+    let (system, split, hyp) = (col("system"), col("split"), col("hypothesis"));
+    let expert =
+        arrow::compute::cast(pred.column_by_name("expert").unwrap(), &arrow::datatypes::DataType::Int64).unwrap();
+    let (system, split, hyp) = (system.as_string::<i32>(), split.as_string::<i32>(), hyp.as_string::<i32>());
+    let expert = expert.as_primitive::<Int64Type>();
+    let rows: Vec<(String, u64)> = (0..pred.num_rows())
+        .filter(|&i| system.value(i) == "mixture" && split.value(i) == set)
+        .map(|i| (hyp.value(i).to_string(), expert.value(i) as u64))
+        .collect();
+    assert_eq!(rows.len(), 6, "evaluate's held-out rows");
+    rows
 }
 
 /// The numbers agree with each other: every WER in metrics.json is the (S + I + D) / N of its

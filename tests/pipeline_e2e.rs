@@ -140,6 +140,19 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
         .map(|l| (l["text"].as_str().unwrap().to_string(), l["expert"].as_u64().unwrap()))
         .collect();
     assert_eq!(cli, mixture_rows(&dir, "heldout"), "transcribe --mixture differs from evaluate's mixture");
+    // `pipeline compare` on evaluate's predictions gives evaluate's own comparison (same draws).
+    let pred = "artifacts/evaluate/predictions";
+    let (ok, out, err) = pipeline(&dir, &["compare", pred, "--against", "dense", "--split", "heldout", "--json"]);
+    assert!(ok, "{err}");
+    let cli: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("artifacts/evaluate/metrics.json")).unwrap()).unwrap();
+    let own = metrics["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["a"] == "mixture" && c["b"] == "dense" && c["split"] == "heldout" && c["group"].is_null());
+    assert_eq!(Some(&cli), own, "{metrics}");
 
     // Going back to k = 3 restores every stage from the run cache: nothing is trained again,
     // and the outs are the ones the k = 3 run wrote.

@@ -77,6 +77,9 @@ enum Cmd {
         #[arg(short = 'n', long, default_value_t = 10)]
         rows: usize,
     },
+    /// Is one system's WER really lower than another's? The paired bootstrap over utterances of
+    /// evaluate's predictions: two systems of one run, or one system of two runs (sweep variants).
+    Compare(whisper_moe::stage::evaluate::compare::CompareArgs),
     /// Transcribe audio files; prints `FILE<TAB>text` per file (`FILE<TAB>[de 0.95] text` with a
     /// multilingual checkpoint: the language, and its probability when detected).
     Transcribe(TranscribeArgs),
@@ -289,6 +292,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Sweep(a) => run_sweep(&load()?, a),
         Cmd::Cache { cmd } => cache(&load()?, cmd),
         Cmd::Dag { dot } => print_dag(&load()?, dot),
+        Cmd::Compare(args) => {
+            print!("{}", whisper_moe::stage::evaluate::compare::run(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Show { path, rows } => {
             print!("{}", whisper_moe::artifacts::show::show(&path, rows)?);
             Ok(ExitCode::SUCCESS)

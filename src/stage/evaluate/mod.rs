@@ -5,6 +5,7 @@
 //! In four steps, one module each: [`systems`] transcribes, [`score`] scores, [`plots`]
 //! draws, and `run` below writes the predictions, `metrics.json` and the report.
 
+pub mod compare;
 pub mod plots;
 pub mod score;
 pub mod shards;

@@ -80,6 +80,9 @@ fn the_whole_pipeline_runs_and_reruns_only_what_changed() {
     ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
+    // The report says how the mixture decoded (the manifest's evaluate.fallback_below: 0.8).
+    let report = std::fs::read_to_string(dir.join("artifacts/evaluate/report/index.html")).unwrap();
+    assert!(report.contains("(where its probability is below 0.8, the average of the experts)"));
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("artifacts/evaluate/metrics.json")).unwrap()).unwrap();
     let systems: Vec<&str> =

@@ -221,7 +221,13 @@ impl Stage for Evaluate {
             ],
             notes: vec![
                 "By language: for languages written without spaces between words (Chinese, Japanese, Thai, Lao, Burmese, Khmer, Tibetan, Cantonese) read CER; their WER counts whole phrases as words.".to_string(),
-                "mixture: the gate's top-1 expert per utterance, routed from the audio as `pipeline transcribe --mixture` does; oracle: the expert of the utterance's cluster (held-out speech: the nearest cluster centre of its embedding); dense: one adapter trained on all training utterances with the mixture's step budget.".to_string(),
+                format!(
+                    "mixture: the gate's top-1 expert per utterance{}, routed from the audio as `pipeline transcribe --mixture` does; oracle: the expert of the utterance's cluster (held-out speech: the nearest cluster centre of its embedding); dense: one adapter trained on all training utterances with the mixture's step budget.",
+                    match inp.mixture.config.fallback_below {
+                        Some(t) => format!(" (where its probability is below {t}, the average of the experts)"),
+                        None => String::new(),
+                    }
+                ),
             ],
             systems: ordered_systems(scored.by_system, &inp.sets.iter().map(|s| s.name.clone()).collect::<Vec<_>>()),
             routing: Some(routing),

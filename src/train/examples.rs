@@ -71,6 +71,49 @@ pub fn examples_from_dataset(
     leading_space: bool,
     prompting: Prompting,
 ) -> Result<HashMap<String, Example>> {
+    examples_of(ck, ds, ids, leading_space, prompting, true)
+}
+
+/// [`examples_from_dataset`] without reading the audio (`audio` empty): transcripts, tokens
+/// and languages, for a caller that reads the audio later, a part at a time ([`audio_of`]).
+pub fn examples_without_audio(
+    ck: &Checkpoint,
+    ds: &Dataset,
+    ids: &HashSet<String>,
+    leading_space: bool,
+    prompting: Prompting,
+) -> Result<HashMap<String, Example>> {
+    examples_of(ck, ds, ids, leading_space, prompting, false)
+}
+
+/// The 16-kHz audio of the utterances `ids` of `ds`, read in parallel.
+pub fn audio_of(ds: &Dataset, ids: &HashSet<String>) -> Result<HashMap<String, Vec<f32>>> {
+    let rows: Vec<_> = ds
+        .iter(0..ds.len())
+        .filter(|r| r.as_ref().map(|u| ids.contains(&u.id)).unwrap_or(true))
+        .collect::<Result<_>>()?;
+    let out: Vec<Result<(String, Vec<f32>)>> = rows
+        .par_iter()
+        .map(|u| {
+            let d = u.decode().with_context(|| u.describe(ds))?;
+            Ok((u.id.clone(), crate::audio::to_16k(d, &u.audio_path)?.samples))
+        })
+        .collect();
+    let map: HashMap<String, Vec<f32>> = out.into_iter().collect::<Result<_>>()?;
+    if let Some(missing) = ids.iter().find(|id| !map.contains_key(*id)) {
+        bail!("utterance `{missing}` is not in the dataset {}", ds.path.display());
+    }
+    Ok(map)
+}
+
+fn examples_of(
+    ck: &Checkpoint,
+    ds: &Dataset,
+    ids: &HashSet<String>,
+    leading_space: bool,
+    prompting: Prompting,
+    read_audio: bool,
+) -> Result<HashMap<String, Example>> {
     let lang_col = ds.language_index();
     let stage_language =
         prompting.language.map(crate::whisper::language::code).transpose().context("the stage's `language`")?;
@@ -81,8 +124,12 @@ pub fn examples_from_dataset(
     let out: Vec<Result<Example>> = rows
         .par_iter()
         .map(|u| {
-            let d = u.decode().with_context(|| u.describe(ds))?;
-            let d = crate::audio::to_16k(d, &u.audio_path)?;
+            let samples = if read_audio {
+                let d = u.decode().with_context(|| u.describe(ds))?;
+                crate::audio::to_16k(d, &u.audio_path)?.samples
+            } else {
+                Vec::new()
+            };
             let text = u.text.clone().unwrap_or_default();
             // Whisper's code, whatever the source wrote (`German`, `pt-BR`): prompts and the
             // per-language scores key on it.
@@ -95,7 +142,7 @@ pub fn examples_from_dataset(
             };
             if language.is_none() && ck.is_multilingual() {
                 if prompting.decode_only {
-                    return Ok(Example { id: u.id.clone(), audio: d.samples, text, task: prompting.task, ..Default::default() });
+                    return Ok(Example { id: u.id.clone(), audio: samples, text, task: prompting.task, ..Default::default() });
                 }
                 bail!(
                     "{}: no language for this utterance (a multilingual checkpoint's prompt needs one: give the dataset \
@@ -105,7 +152,7 @@ pub fn examples_from_dataset(
             }
             let tokens = tokens_for(ck, &text, leading_space, language.as_deref(), prompting.task)
                 .with_context(|| u.describe(ds))?;
-            Ok(Example { id: u.id.clone(), audio: d.samples, tokens, text, language, task: prompting.task })
+            Ok(Example { id: u.id.clone(), audio: samples, tokens, text, language, task: prompting.task })
         })
         .collect();
     let mut map = HashMap::new();

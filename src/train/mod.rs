@@ -12,7 +12,7 @@ pub mod trainer;
 
 pub use checkpoint::{load_trainables, save_trainables};
 pub use encoder_cache::EncoderCache;
-pub use examples::{Example, Prompting, examples_from_dataset, tokens_for};
+pub use examples::{Example, Prompting, audio_of, examples_from_dataset, examples_without_audio, tokens_for};
 pub use optim::{AdamW, AdamWConfig, GradMap, LossScaler, warmup_lr};
 pub use sequence::{Row, sequence_losses, teacher_forcing, utterance_losses, weighted_loss};
 pub use trainer::{EpochInfo, LoopConfig, StepInfo, TrainTask, Trained, train};

@@ -17,7 +17,7 @@ use crate::mixture::transcribe::transcribe;
 use crate::mixture::{Mixture, MixtureConfig};
 use crate::routing::centroid::Centroids;
 use crate::routing::gate::Gate;
-use crate::train::{EncoderCache, Example, Prompting, examples_from_dataset};
+use crate::train::{EncoderCache, Example, Prompting, audio_of, examples_without_audio};
 use crate::whisper::Checkpoint;
 use crate::whisper::model::Whisper;
 
@@ -39,7 +39,12 @@ pub struct Inputs {
     pub mixture: Mixture,
     pub dense: Whisper,
     pub experts: usize,
+    /// The evaluated utterances without their audio ([`Inputs::with_audio`] reads it, a block
+    /// at a time, when they are transcribed).
     pub examples: Vec<Example>,
+    /// Per example: its dataset (in `datasets`) and its id there.
+    source: Vec<(usize, String)>,
+    datasets: Vec<Dataset>,
     /// Per example: the expert of its cluster, or for held-out speech of its nearest centre
     /// (known once transcribed: [`Inputs::oracle_from`]).
     pub oracle: Vec<usize>,
@@ -74,6 +79,8 @@ impl Inputs {
             centroids,
             experts: g.experts(),
             examples: Vec::new(),
+            source: Vec::new(),
+            datasets: Vec::new(),
             oracle: Vec::new(),
             labels: Vec::new(),
             sets: Vec::new(),
@@ -112,8 +119,10 @@ impl Inputs {
         let detected = emb.languages();
         let prompting =
             Prompting { language: p.language.as_deref(), detected: Some(&detected), task: p.task, decode_only: true };
-        let mut by_id = examples_from_dataset(self.ck(), &ds, &wanted, true, prompting)?;
+        let mut by_id = examples_without_audio(self.ck(), &ds, &wanted, true, prompting)?;
         warn_missing(&columns, &emb.extra.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), "the embeddings");
+        self.datasets.push(ds);
+        let source = self.datasets.len() - 1;
         let mut index: HashMap<String, usize> = HashMap::new();
         for (split, ids) in split_ids {
             let mut idx = Vec::with_capacity(ids.len());
@@ -129,7 +138,8 @@ impl Inputs {
                         Some((c.clone(), v))
                     })
                     .collect();
-                self.push(by_id.remove(&id).context("an utterance of the splits")?, cluster_of[id.as_str()], labels);
+                let ex = by_id.remove(&id).context("an utterance of the splits")?;
+                self.push(ex, (source, id.clone()), cluster_of[id.as_str()], labels);
                 index.insert(id, self.examples.len() - 1);
                 idx.push(self.examples.len() - 1);
             }
@@ -152,7 +162,8 @@ impl Inputs {
         }
         let wanted: HashSet<String> = usable.iter().map(|u| u.id.clone()).collect();
         let prompting = Prompting { language: p.language.as_deref(), detected: None, task: p.task, decode_only: true };
-        let mut by_id = examples_from_dataset(self.ck(), &ds, &wanted, true, prompting)?;
+        let mut by_id = examples_without_audio(self.ck(), &ds, &wanted, true, prompting)?;
+        let source = self.datasets.len();
         let mut idx = Vec::new();
         for u in &usable {
             let mut ex = by_id.remove(&u.id).context("a held-out utterance")?;
@@ -167,10 +178,11 @@ impl Inputs {
                 .collect();
             // The oracle expert (the nearest centre of its embedding) is found when it is
             // transcribed, from the encoder states routing computes anyway.
-            self.push(ex, 0, labels);
+            self.push(ex, (source, u.id.clone()), 0, labels);
             idx.push(self.examples.len() - 1);
         }
         eprintln!("held-out `{name}`: {} utterances from {}", idx.len(), ds.path.display());
+        self.datasets.push(ds);
         self.sets.push(Set { name: name.to_string(), examples: idx, heldout: true });
         Ok(())
     }
@@ -188,8 +200,27 @@ impl Inputs {
         }
     }
 
-    fn push(&mut self, ex: Example, oracle: usize, labels: BTreeMap<String, String>) {
+    /// The examples `part` with their audio, read now (in parallel per dataset).
+    pub fn with_audio(&self, part: &[usize]) -> Result<Vec<Example>> {
+        let mut audio: HashMap<(usize, String), Vec<f32>> = HashMap::new();
+        for (d, ds) in self.datasets.iter().enumerate() {
+            let ids: HashSet<String> =
+                part.iter().map(|&i| &self.source[i]).filter(|(s, _)| *s == d).map(|(_, id)| id.clone()).collect();
+            if !ids.is_empty() {
+                audio.extend(audio_of(ds, &ids)?.into_iter().map(|(id, a)| ((d, id), a)));
+            }
+        }
+        part.iter()
+            .map(|&i| {
+                let audio = audio.remove(&self.source[i]).context("audio read")?;
+                Ok(Example { audio, ..self.examples[i].clone() })
+            })
+            .collect()
+    }
+
+    fn push(&mut self, ex: Example, source: (usize, String), oracle: usize, labels: BTreeMap<String, String>) {
         self.examples.push(ex);
+        self.source.push(source);
         self.oracle.push(oracle);
         self.labels.push(labels);
     }
@@ -235,7 +266,8 @@ pub fn transcribe_sets(inp: &Inputs, p: &EvaluateParams, shard: Option<Shard>) -
         let mut seconds = [0.0f64; SYSTEMS.len()];
         for part in mine.chunks(block) {
             let mut cache = EncoderCache::new(part.len() * (levels.len() + 1)).keep_levels(&levels);
-            let exs: Vec<&Example> = part.iter().map(|&i| &inp.examples[i]).collect();
+            let block = inp.with_audio(part)?;
+            let exs: Vec<&Example> = block.iter().collect();
             for (s, name) in SYSTEMS.iter().enumerate() {
                 let t0 = std::time::Instant::now();
                 let (experts, hyps) = match *name {

@@ -528,3 +528,35 @@ fn sigterm_to_the_runner_stops_its_stages() {
     let out = t.pipeline(&["status"]);
     assert!(out.stdout.contains("slow: stale"), "{}", out.stdout);
 }
+
+/// A commit keeps what another process committed while the run went on (a detached Slurm
+/// run's jobs, or a second `pipeline run`): the runner rereads the lock file under its file
+/// lock before each commit instead of saving the copy it read at the start. Here stage `y`'s
+/// command itself reruns stage `x`, which commits; `y`'s commit must keep `x`'s new entry.
+#[test]
+fn a_commit_keeps_what_another_run_committed_meanwhile() {
+    let exe = env!("CARGO_BIN_EXE_pipeline");
+    let manifest = format!(
+        r#"
+stages:
+  x:
+    cmd: cp input/a.txt out_x.txt
+    deps: [input/a.txt]
+    outs: [out_x.txt]
+  y:
+    cmd: {exe} run x && cp input/b.txt out_y.txt
+    deps: [input/b.txt]
+    outs: [out_y.txt]
+"#
+    );
+    let toy = Toy::new("concurrent-commit", &manifest);
+    toy.run(&["x"]);
+    fs::write(toy.path("input/a.txt"), "alpha, changed\n").unwrap();
+    let out = toy.run(&["y"]);
+    // (the nested run's output is part of y's)
+    assert_eq!(out.ran(), ["y", "x"], "{}", out.stderr);
+    assert_eq!(toy.read("out_x.txt"), "alpha, changed\n", "y's command reran x");
+    let status = toy.pipeline(&["status"]);
+    assert!(status.stdout.contains("everything is up to date"), "x's new entry was lost:\n{}", status.stdout);
+    let _ = fs::remove_dir_all(&toy.dir);
+}

@@ -370,14 +370,21 @@ fn run_stages(m: Manifest, a: RunArgs) -> Result<ExitCode> {
 fn print_status(m: &Manifest) -> Result<ExitCode> {
     whisper_moe::pipeline::check::check_params(&m, &(0..m.stages.len()).collect::<Vec<_>>())?;
     let paths = Paths::of(&m);
+    // Jobs in flight first, then the lock: a job that ends between the two has committed
+    // before the lock is read (the other order could show it neither in flight nor done).
+    let slurm = whisper_moe::pipeline::executor::slurm::squeue_available();
+    let flying: Vec<Option<(String, String)>> = m
+        .stages
+        .iter()
+        .map(|s| slurm.then(|| whisper_moe::pipeline::executor::slurm::in_flight(&paths.state, &s.name)).flatten())
+        .collect();
     let lock = Lock::load(&paths.lock)?;
     let mut cache = HashCache::open(&paths.hash_cache());
     let reasons = status(&m, &lock, &mut cache)?;
     cache.save()?;
     let mut stale = 0;
-    let slurm = whisper_moe::pipeline::executor::slurm::squeue_available();
-    for (s, r) in m.stages.iter().zip(&reasons) {
-        if slurm && let Some((id, what)) = whisper_moe::pipeline::executor::slurm::in_flight(&paths.state, &s.name) {
+    for ((s, r), flying) in m.stages.iter().zip(&reasons).zip(flying) {
+        if let Some((id, what)) = flying {
             println!("{}: in flight as Slurm job(s) {id} ({what})", s.name);
         }
         if r.is_empty() {

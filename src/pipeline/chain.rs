@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::commit::{self, Outcome, Paths, RunOptions, StagedOut, fmt_duration, shard_key};
+use super::commit::{self, Outcome, Paths, RunOptions, StagedOut, fmt_duration, lock_the_lock, shard_key};
 use super::executor::slurm::{self, Followed, JobFailure, Submission};
 use super::executor::{pending_shards, shard_done, shards_complete, sq};
 use super::hash::HashCache;
@@ -516,11 +516,4 @@ fn begin(dir: &Path, step: &Step, paths: &Paths) -> Result<()> {
 
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// The lock file is read and rewritten by the jobs of stages that run side by side (on several
-/// nodes): one at a time, under a file lock beside it.
-fn lock_the_lock(paths: &Paths) -> Result<fs::File> {
-    let path = paths.state.join("lock.flock");
-    crate::util::lock_file(&path).with_context(|| format!("cannot lock {}", path.display()))
 }

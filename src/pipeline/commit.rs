@@ -297,6 +297,14 @@ pub fn commit_outs(
     lock.save(&paths.lock)
 }
 
+/// Hold the file lock of `pipeline.lock` (`.pipeline/lock.flock`): the lock file is read and
+/// rewritten by the local runner and by the jobs of stages that run side by side (on several
+/// nodes), one at a time under this.
+pub fn lock_the_lock(paths: &Paths) -> Result<fs::File> {
+    let path = paths.state.join("lock.flock");
+    crate::util::lock_file(&path).with_context(|| format!("cannot lock {}", path.display()))
+}
+
 /// Put back the previous version of outs written in place (those whose backup is still there:
 /// a second call, or one after a commit that removed the backups, leaves the outs alone).
 pub fn restore_backups(staged: &[StagedOut]) {

@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 
 pub use super::commit::{Outcome, Paths, RunOptions, fmt_duration};
 use super::commit::{
-    StagedOut, commit_outs, prepare, preserve_previous, restorable, restore, restore_backups, shard_count, shard_key,
-    stage_env,
+    StagedOut, commit_outs, lock_the_lock, prepare, preserve_previous, restorable, restore, restore_backups,
+    shard_count, shard_key, stage_env,
 };
 use super::executor::Sharding;
 pub use super::executor::interrupted;
@@ -126,7 +126,12 @@ pub fn run(m: &Manifest, opts: &RunOptions) -> Result<Vec<(String, Outcome)>> {
                 preserve_previous(m, stage, &lock, &runs, &mut cache);
                 if use_run_cache(i) {
                     if let Some(hit) = restorable(&lock, stage, &current, &runs) {
-                        match restore(m, &paths, stage, &hit, current.clone(), &mut lock, &mut cache, &runs) {
+                        // Under the file lock, from the lock file as it is now: jobs of a
+                        // detached Slurm run may have committed other stages since it was read.
+                        let restored = fresh_lock(&paths, &mut lock).and_then(|_guard| {
+                            restore(m, &paths, stage, &hit, current.clone(), &mut lock, &mut cache, &runs)
+                        });
+                        match restored {
                             Ok(Ok(())) => {
                                 eprintln!("↺ restored {} from the run cache ({})", stage.name, reasons.join("; "));
                                 outcome[i] = Some(Outcome::Restored);
@@ -250,6 +255,15 @@ fn dry_run(
     Ok(out)
 }
 
+/// Take the file lock and reread `lock` from disk, for a commit: the file holds every commit
+/// this run made and those of Slurm jobs of a detached run beside it (saving the copy read at
+/// the start would drop theirs).
+fn fresh_lock(paths: &Paths, lock: &mut Lock) -> Result<fs::File> {
+    let guard = lock_the_lock(paths)?;
+    *lock = Lock::load(&paths.lock)?;
+    Ok(guard)
+}
+
 /// A stage's job ended: commit its outs (staging -> place, lock, run cache) or, on failure,
 /// put back the outs it wrote in place; the outcome, reported as it happens.
 #[allow(clippy::too_many_arguments)]
@@ -267,6 +281,7 @@ fn settle(
 ) -> Outcome {
     let staging = paths.staging(&stage.name);
     let result = result.and_then(|()| {
+        let _guard = fresh_lock(paths, lock).map_err(|e| format!("{e:#}"))?;
         commit_outs(m, paths, stage, staged, &staging, current, lock, cache).map_err(|e| format!("{e:#}"))
     });
     match result {

@@ -87,7 +87,6 @@ pub fn write_safetensors(
     Ok(())
 }
 
-/// The process's peak resident set size in MB (Linux; 0 elsewhere).
 /// An exclusive lock (flock) on `path`, created if missing, held until the file is dropped:
 /// between threads and between processes, also on other nodes of a filesystem that supports it.
 pub fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
@@ -99,6 +98,7 @@ pub fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
+/// The process's peak resident set size in MB (Linux; 0 elsewhere).
 pub fn peak_rss_mb() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()

@@ -123,6 +123,34 @@ pub fn paired(pairs: &[Pair], cfg: &BootstrapConfig) -> Option<Difference> {
     })
 }
 
+/// Comparisons of A and B on one set: over all its utterances, then over each group (a pair
+/// belongs to the groups it names, e.g. `voice_group=new`; groups in sorted order).
+pub fn compare_set(
+    a: &str,
+    b: &str,
+    split: &str,
+    pairs: &[(Vec<String>, Pair)],
+    cfg: &BootstrapConfig,
+) -> Vec<Comparison> {
+    let mut groups: Vec<&str> = pairs.iter().flat_map(|(g, _)| g.iter().map(String::as_str)).collect();
+    groups.sort();
+    groups.dedup();
+    std::iter::once(None)
+        .chain(groups.into_iter().map(Some))
+        .filter_map(|g| {
+            let mine: Vec<Pair> =
+                pairs.iter().filter(|(gs, _)| g.is_none_or(|g| gs.iter().any(|x| x == g))).map(|(_, p)| *p).collect();
+            Some(Comparison {
+                a: a.into(),
+                b: b.into(),
+                split: split.into(),
+                group: g.map(String::from),
+                difference: paired(&mine, cfg)?,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,8 +67,8 @@ pub struct Mixture {
     pub config: MixtureConfig,
     pooling: Pooling,
     layer: usize,
-    /// The fallback threshold and the base model with one adapter, the average of the experts'.
-    fallback: Option<(f32, Whisper)>,
+    /// With `config.fallback_below`: the base model with one adapter, the average of the experts'.
+    averaged: Option<Whisper>,
 }
 
 /// One routed transcription.
@@ -117,10 +117,8 @@ impl Mixture {
         };
         let pooling = Pooling::from_name(&config.pooling).with_context(|| format!("{}/routing.json", dir.display()))?;
         let layer = resolve_layer(config.layer, ck.config.encoder_layers)?;
-        let fallback = config.fallback_below;
-        let mut m = Mixture { ck, model, gate, centroids, config, pooling, layer, fallback: None };
-        m.set_fallback(fallback);
-        Ok(m)
+        let averaged = config.fallback_below.map(|_| model.averaged_experts());
+        Ok(Mixture { ck, model, gate, centroids, config, pooling, layer, averaged })
     }
 
     /// Decode clips whose top routing probability is below `below` through the average of the
@@ -128,8 +126,8 @@ impl Mixture {
     /// it was trained on and flat on new ones, where a single expert does worse than all of
     /// them together (README, "Demo results").
     pub fn set_fallback(&mut self, below: Option<f32>) {
+        self.averaged = below.and(self.averaged.take()).or_else(|| below.map(|_| self.model.averaged_experts()));
         self.config.fallback_below = below;
-        self.fallback = below.map(|t| (t, self.model.averaged_experts()));
     }
 
     /// The encoder levels (layers run) routing and decoding read for each clip: the pooled
@@ -186,16 +184,18 @@ impl Mixture {
             };
             let routes = self.route(chunk, Some(&mut *c))?;
             let top = routes.top1();
-            let below = |i: usize| self.fallback.as_ref().is_some_and(|(t, _)| routes.row(i)[top[i]] < *t);
+            let below: Vec<bool> = (0..chunk.len())
+                .map(|i| self.config.fallback_below.is_some_and(|t| routes.row(i)[top[i]] < t))
+                .collect();
             // Two groups: clips through their top expert, clips through the average.
-            let (avg, own): (Vec<usize>, Vec<usize>) = (0..chunk.len()).partition(|&i| below(i));
+            let (avg, own): (Vec<usize>, Vec<usize>) = (0..chunk.len()).partition(|&i| below[i]);
             let mut texts: Vec<Option<transcribe::Transcript>> = vec![None; chunk.len()];
             for (rows, averaged) in [(&own, false), (&avg, true)] {
                 if rows.is_empty() {
                     continue;
                 }
-                let model = match &self.fallback {
-                    Some((_, m)) if averaged => m,
+                let model = match &self.averaged {
+                    Some(m) if averaged => m,
                     _ => &self.model,
                 };
                 let exs: Vec<&Example> = rows.iter().map(|&i| chunk[i]).collect();
@@ -208,7 +208,7 @@ impl Mixture {
             }
             for (i, t) in texts.into_iter().enumerate() {
                 let transcript = t.expect("every row decoded");
-                out.push(Routed { transcript, expert: top[i], averaged: below(i), probs: routes.row(i).to_vec() });
+                out.push(Routed { transcript, expert: top[i], averaged: below[i], probs: routes.row(i).to_vec() });
             }
         }
         Ok(out)

@@ -71,19 +71,13 @@ pub fn examples_from_dataset(
     leading_space: bool,
     prompting: Prompting,
 ) -> Result<HashMap<String, Example>> {
-    examples_of(ck, ds, ids, leading_space, prompting, true)
-}
-
-/// [`examples_from_dataset`] without reading the audio (`audio` empty): transcripts, tokens
-/// and languages, for a caller that reads the audio later, a part at a time ([`audio_of`]).
-pub fn examples_without_audio(
-    ck: &Checkpoint,
-    ds: &Dataset,
-    ids: &HashSet<String>,
-    leading_space: bool,
-    prompting: Prompting,
-) -> Result<HashMap<String, Example>> {
-    examples_of(ck, ds, ids, leading_space, prompting, false)
+    let mut examples = examples_without_audio(ck, ds, ids, leading_space, prompting)?;
+    for (id, audio) in audio_of(ds, ids)? {
+        if let Some(e) = examples.get_mut(&id) {
+            e.audio = audio;
+        }
+    }
+    Ok(examples)
 }
 
 /// The 16-kHz audio of the utterances `ids` of `ds`, read in parallel.
@@ -106,13 +100,14 @@ pub fn audio_of(ds: &Dataset, ids: &HashSet<String>) -> Result<HashMap<String, V
     Ok(map)
 }
 
-fn examples_of(
+/// [`examples_from_dataset`] without the audio (`audio` empty): transcripts, tokens and
+/// languages, for a caller that reads the audio later, a part at a time ([`audio_of`]).
+pub fn examples_without_audio(
     ck: &Checkpoint,
     ds: &Dataset,
     ids: &HashSet<String>,
     leading_space: bool,
     prompting: Prompting,
-    read_audio: bool,
 ) -> Result<HashMap<String, Example>> {
     let lang_col = ds.language_index();
     let stage_language =
@@ -124,12 +119,6 @@ fn examples_of(
     let out: Vec<Result<Example>> = rows
         .par_iter()
         .map(|u| {
-            let samples = if read_audio {
-                let d = u.decode().with_context(|| u.describe(ds))?;
-                crate::audio::to_16k(d, &u.audio_path)?.samples
-            } else {
-                Vec::new()
-            };
             let text = u.text.clone().unwrap_or_default();
             // Whisper's code, whatever the source wrote (`German`, `pt-BR`): prompts and the
             // per-language scores key on it.
@@ -142,7 +131,7 @@ fn examples_of(
             };
             if language.is_none() && ck.is_multilingual() {
                 if prompting.decode_only {
-                    return Ok(Example { id: u.id.clone(), audio: samples, text, task: prompting.task, ..Default::default() });
+                    return Ok(Example { id: u.id.clone(), text, task: prompting.task, ..Default::default() });
                 }
                 bail!(
                     "{}: no language for this utterance (a multilingual checkpoint's prompt needs one: give the dataset \
@@ -152,7 +141,7 @@ fn examples_of(
             }
             let tokens = tokens_for(ck, &text, leading_space, language.as_deref(), prompting.task)
                 .with_context(|| u.describe(ds))?;
-            Ok(Example { id: u.id.clone(), audio: samples, tokens, text, language, task: prompting.task })
+            Ok(Example { id: u.id.clone(), audio: Vec::new(), tokens, text, language, task: prompting.task })
         })
         .collect();
     let mut map = HashMap::new();

@@ -141,7 +141,6 @@ mod tests {
     use burn::prelude::*;
 
     use crate::lora::{LoraConfig, Route};
-    use crate::whisper::WhisperConfig;
     use crate::whisper::model::Whisper;
 
     /// The averaged model's update is the mean of the experts' updates, projection by
@@ -149,8 +148,7 @@ mod tests {
     #[test]
     fn averaged_experts_update_by_the_mean_of_the_experts() {
         let dev = Device::flex();
-        let mut cfg = WhisperConfig::named("tiny").unwrap();
-        (cfg.encoder_layers, cfg.decoder_layers) = (1, 1);
+        let cfg = crate::whisper::testing::one_layer_tiny();
         let mut m = Whisper::random(&cfg, 5, &dev);
         m.attach_lora(&LoraConfig::on(&["q_proj"], 4, 8.0), 3, &dev).unwrap();
         dev.seed(9);

@@ -549,8 +549,7 @@ mod tests {
     #[test]
     fn a_bf16_base_model_keeps_fp32_adapters_and_outputs() {
         let dev = Device::flex();
-        let mut cfg = WhisperConfig::named("tiny").unwrap();
-        (cfg.encoder_layers, cfg.decoder_layers) = (1, 1);
+        let cfg = crate::whisper::testing::one_layer_tiny();
         let mut m = Whisper::random(&cfg, 3, &dev).with_precision(Precision::Bf16);
         assert_eq!(m.precision(), Precision::Bf16);
         m.attach_lora(&LoraConfig::on(&["q_proj", "v_proj"], 4, 8.0), 2, &dev).unwrap();

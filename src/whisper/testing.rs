@@ -27,6 +27,14 @@ pub fn tiny_config() -> WhisperConfig {
     c
 }
 
+/// whisper-tiny's shapes cut to one encoder and one decoder layer (unit tests of the model with
+/// real widths).
+pub fn one_layer_tiny() -> WhisperConfig {
+    let mut c = WhisperConfig::named("tiny").expect("tiny is a known config");
+    (c.encoder_layers, c.decoder_layers) = (1, 1);
+    c
+}
+
 fn tensor_names(c: &WhisperConfig) -> Vec<(String, Vec<usize>)> {
     let d = c.d_model;
     let mut v: Vec<(String, Vec<usize>)> = vec![

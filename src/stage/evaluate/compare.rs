@@ -138,7 +138,7 @@ pub fn compare(
     };
     let mut out = Vec::new();
     for set in sets.into_iter().filter(|s| splits.is_empty() || splits.iter().any(|x| x == s)) {
-        let mut pairs: Vec<(Option<&str>, Pair)> = Vec::new();
+        let mut pairs: Vec<(Vec<String>, Pair)> = Vec::new();
         for r in ra.iter().filter(|r| r.split == set) {
             let Some(o) = of_b.get(&(set, r.id.as_str())) else {
                 bail!("{}: `{set}` utterance `{}` has no row of system `{system_b}`", b.display(), r.id);
@@ -154,27 +154,10 @@ pub fn compare(
                     o.words
                 );
             }
-            pairs.push((r.label.as_deref(), Pair { errors_a: r.errors, errors_b: o.errors, words: r.words }));
+            let groups = r.label.iter().filter(|_| by_label).map(|l| format!("label={l}")).collect();
+            pairs.push((groups, Pair { errors_a: r.errors, errors_b: o.errors, words: r.words }));
         }
-        let mut groups: Vec<Option<&str>> = vec![None];
-        if by_label {
-            let mut labels: Vec<&str> = pairs.iter().filter_map(|(l, _)| *l).collect();
-            labels.sort();
-            labels.dedup();
-            groups.extend(labels.into_iter().map(Some));
-        }
-        for g in groups {
-            let mine: Vec<Pair> = pairs.iter().filter(|(l, _)| g.is_none() || *l == g).map(|(_, p)| *p).collect();
-            if let Some(difference) = bootstrap::paired(&mine, cfg) {
-                out.push(Comparison {
-                    a: name_a.clone(),
-                    b: name_b.clone(),
-                    split: set.to_string(),
-                    group: g.map(|l| format!("label={l}")),
-                    difference,
-                });
-            }
-        }
+        out.extend(bootstrap::compare_set(&name_a, &name_b, set, &pairs, cfg));
     }
     Ok(out)
 }

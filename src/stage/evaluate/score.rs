@@ -93,36 +93,15 @@ pub fn compare(inp: &Inputs, scored: &Scored, p: &EvaluateParams) -> Vec<Compari
             let get = |s: &str| scored.per_utterance.get(&(s.to_string(), set.name.clone()));
             let (Some(ra), Some(rb)) = (get(a), get(b)) else { continue };
             let errors_b: BTreeMap<usize, u64> = rb.iter().map(|&(i, e, _)| (i, e)).collect();
-            let pairs: Vec<(usize, Pair)> = ra
+            let pairs: Vec<(Vec<String>, Pair)> = ra
                 .iter()
-                .filter_map(|&(i, e, w)| Some((i, Pair { errors_a: e, errors_b: *errors_b.get(&i)?, words: w })))
-                .collect();
-            let mut groups: Vec<Option<(String, String)>> = vec![None];
-            let mut values: Vec<(String, String)> = pairs
-                .iter()
-                .flat_map(|(i, _)| {
-                    p.group_columns.iter().filter_map(|c| Some((c.clone(), inp.labels[*i].get(c)?.clone())))
+                .filter_map(|&(i, e, w)| {
+                    let groups =
+                        p.group_columns.iter().filter_map(|c| Some(format!("{c}={}", inp.labels[i].get(c)?))).collect();
+                    Some((groups, Pair { errors_a: e, errors_b: *errors_b.get(&i)?, words: w }))
                 })
                 .collect();
-            values.sort();
-            values.dedup();
-            groups.extend(values.into_iter().map(Some));
-            for g in groups {
-                let mine: Vec<Pair> = pairs
-                    .iter()
-                    .filter(|(i, _)| g.as_ref().is_none_or(|(c, v)| inp.labels[*i].get(c) == Some(v)))
-                    .map(|(_, x)| *x)
-                    .collect();
-                if let Some(difference) = bootstrap::paired(&mine, &p.bootstrap) {
-                    out.push(Comparison {
-                        a: a.into(),
-                        b: b.into(),
-                        split: set.name.clone(),
-                        group: g.map(|(c, v)| format!("{c}={v}")),
-                        difference,
-                    });
-                }
-            }
+            out.extend(bootstrap::compare_set(a, b, &set.name, &pairs, &p.bootstrap));
         }
     }
     out
